@@ -1,0 +1,78 @@
+"""
+What an authenticator is, and what it is given and returns.
+
+There are real alternatives here (anonymous for development, tickets,
+JWTs, cookies, client certificates, an embedder's own scheme), so the
+contract is a ``zope.interface`` and everything an authenticator may use
+arrives in one immutable :class:`HandshakeRequest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from securews.handshake import RequestHead
+
+__all__ = ["HandshakeRequest", "IAuthenticator", "Principal"]
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class Principal:
+    """
+    Who is on the other end of a session.
+
+    :ivar id: a stable identifier (``sub`` claim, user id, certificate
+        subject).
+    :ivar method: which authenticator vouched for it (``"jwt"``, ...).
+    :ivar claims: read-only extra facts the authenticator established.
+    """
+
+    id: str
+    method: str
+    claims: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+@attrs.frozen
+class HandshakeRequest:
+    """
+    Everything known about a handshake when it is authenticated.
+
+    :ivar head: the parsed request head; it holds credentials, so never
+        log it.
+    :ivar client: the client's IP address: the TCP peer, or the address
+        a trusted proxy reported.
+    :ivar origin: the ``Origin`` header, already checked, or ``None``.
+    :ivar tls_client_subject: the verified client-certificate subject as
+        ``((name, value), ...)`` when mutual TLS is on, else ``None``.
+    """
+
+    head: RequestHead
+    client: str
+    origin: str | None
+    tls_client_subject: tuple[tuple[str, str], ...] | None = None
+
+
+class IAuthenticator(Interface):
+    """Decides who a handshake belongs to, before the upgrade."""
+
+    method = Attribute("Short name of the method, used in logs and principals.")
+
+    def authenticate(request: HandshakeRequest) -> Deferred[Principal | None]:
+        """
+        Authenticate a handshake.
+
+        :returns: a Deferred firing with the principal, or with ``None``
+            when the request carries no valid credential for this method.
+            A failed Deferred denies the handshake too (fail closed); its
+            exception is never shown to the client.
+        """

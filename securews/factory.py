@@ -1,0 +1,175 @@
+"""
+The hardened Autobahn server factory.
+
+:class:`SecureServerFactory` is where settings become Autobahn options.
+Autobahn's defaults are permissive (no size limits, every Origin, a
+status page with an open redirect, protocol errors answered by a silent
+TCP drop); every option that matters is set here explicitly, from the
+settings object, whatever Autobahn's defaults are or become.
+
+It also keeps the bounded bookkeeping the protocol needs: the live
+connections (for graceful shutdown) and the number of open sessions (for
+``max_connections``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from securews.auth.anonymous import AnonymousAuthenticator, DenyAllAuthenticator
+from securews.auth.interfaces import IAuthenticator
+from securews.config import Config, from_mapping
+from securews.handshake import Refusal
+from securews.logs import WireLogger
+from securews.origin import parse_allow_list
+from securews.protocol import SecureServerProtocol
+
+__all__ = ["SecureServerFactory"]
+
+_log = Logger(namespace="securews.shutdown")
+
+
+class SecureServerFactory(WebSocketServerFactory):
+    """
+    Builds :class:`~securews.protocol.SecureServerProtocol` instances
+    configured from one :class:`~securews.config.Config`.
+
+    :param config: the settings; or pass sections as keyword arguments
+        (``server={"path": "/chat"}, origin={"allowed": [...]}``), which
+        are checked exactly like a TOML file.
+    :param protocol: the application class (a ``SecureServerProtocol``
+        subclass); defaults to the ``server.app`` setting.
+    :param authenticator: an :class:`~securews.auth.interfaces.IAuthenticator`.
+        Without one every handshake is refused with 401, except in
+        development mode, where everyone is anonymous.
+    :param reactor: the reactor, also the clock for the shutdown grace.
+    """
+
+    log = WireLogger("securews.factory")
+    noisy = False
+    protocol: type[SecureServerProtocol]
+
+    def __init__(self, config: Config | None = None, *,
+                 protocol: type[SecureServerProtocol] | None = None,
+                 authenticator: IAuthenticator | None = None,
+                 reactor: Any = None,
+                 **sections: Mapping[str, object]) -> None:
+        if config is None:
+            config = from_mapping(sections, source="SecureServerFactory()")
+        elif sections:
+            raise TypeError("pass either a Config or settings sections, not both")
+        super().__init__(reactor=reactor)  # type: ignore[no-untyped-call]
+        self.config = config
+        if protocol is None:
+            from securews.apps import load_app
+
+            protocol = load_app(config.server.app)
+        if not issubclass(protocol, SecureServerProtocol):
+            raise TypeError(f"{protocol!r} is not a SecureServerProtocol subclass")
+        self.protocol = protocol
+        if authenticator is None:
+            authenticator = (AnonymousAuthenticator() if config.dev
+                             else DenyAllAuthenticator())
+        self.authenticator = authenticator
+        self.origin_allow_list = parse_allow_list(config.origin.allowed)
+        self.allow_missing_origin = config.origin.allow_missing or config.dev
+        self.trusted_networks = config.server.trusted_networks
+        self.open_sessions = 0
+        self.refusals: dict[int, int] = {}
+        self._connections: set[SecureServerProtocol] = set()
+        self._drained: list[Deferred[None]] = []
+        limits = config.limits
+        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+            webStatus=False,
+            failByDrop=False,
+            maxFramePayloadSize=limits.max_frame_size,
+            maxMessagePayloadSize=limits.max_message_size,
+            openHandshakeTimeout=limits.handshake_timeout,
+            closeHandshakeTimeout=limits.close_timeout,
+            allowedOrigins=["*"],
+            allowNullOrigin=False,
+            maxConnections=0,
+            trustXForwardedFor=0,
+            serveFlashSocketPolicy=False,
+            perMessageCompressionAccept=lambda offers: None,
+            echoCloseCodeReason=False,
+            requireMaskedClientFrames=True,
+            utf8validateIncoming=True,
+            versions=[13],
+        )
+        self.server = ""
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self.reactor  # type: ignore[no-any-return]
+
+    # -- bookkeeping called by the protocol --------------------------------
+
+    def connection_made(self, proto: SecureServerProtocol) -> None:
+        self._connections.add(proto)
+
+    def connection_lost(self, proto: SecureServerProtocol) -> None:
+        self._connections.discard(proto)
+        if not self._connections:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def session_opened(self, proto: SecureServerProtocol) -> None:
+        self.open_sessions += 1
+
+    def session_closed(self, proto: SecureServerProtocol) -> None:
+        self.open_sessions -= 1
+
+    def handshake_refused(self, refusal: Refusal) -> None:
+        self.refusals[refusal.status] = self.refusals.get(refusal.status, 0) + 1
+
+    @property
+    def connection_count(self) -> int:
+        """Live TCP connections, handshaking or open."""
+        return len(self._connections)
+
+    # -- shutdown ----------------------------------------------------------
+
+    def shutdown(self, grace: float | None = None) -> Deferred[None]:
+        """
+        Close every connection: open sessions get a 1001 close frame,
+        unfinished handshakes are dropped.
+
+        :param grace: seconds to wait for peers to finish the close
+            handshake before their TCP connections are aborted; defaults
+            to ``server.shutdown_grace``.
+        :returns: a Deferred that fires once no connection is left.
+        """
+        if grace is None:
+            grace = self.config.server.shutdown_grace
+        if not self._connections:
+            return succeed(None)
+        _log.info("closing {count} connections (grace {grace}s)",
+                      event="shutdown", count=len(self._connections), grace=grace)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        for proto in list(self._connections):
+            proto.go_away()
+        timer = self.clock.callLater(grace, self._abort_all)
+
+        def cancel_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(cancel_timer)
+        return d
+
+    def _abort_all(self) -> None:
+        if self._connections:
+            _log.warn("aborting {count} connections after the grace period",
+                          event="shutdown", count=len(self._connections))
+        for proto in list(self._connections):
+            proto.abort()
