@@ -257,7 +257,8 @@ def _section(cls: type[_T], table: object, name: str, source: str,
         return cls(**kwargs)
     except ValueError as e:
         bad = _failing_key(cls, kwargs)
-        raise ConfigError(str(e), source=source, key=f"{name}.{bad}") from None
+        where = "command line" if bad in overrides else source
+        raise ConfigError(str(e), source=where, key=f"{name}.{bad}") from None
 
 
 def _failing_key(cls: type[Any], kwargs: Mapping[str, object]) -> str:

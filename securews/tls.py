@@ -202,10 +202,10 @@ def _build_context(settings: TLSSettings, creds: ServerCredentials) -> SSL.Conte
         raise ConfigError(f"OpenSSL knows no suite in {ciphers!r}",
                           key="tls.ciphers") from None
     _set_groups(context)
-    context.use_certificate(crypto.X509.from_cryptography(creds.leaf))
+    context.use_certificate(creds.leaf)
     context.use_privatekey(creds.key)  # type: ignore[arg-type]
     for extra in creds.chain:
-        context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        context.add_extra_chain_cert(extra)
     context.check_privatekey()
     context.set_alpn_select_callback(_select_alpn)
     context.set_session_id(b"securews")

@@ -1,0 +1,26 @@
+"""
+Helpers for testing securews and applications built on it.
+
+Public API, like ``treq.testing``: embedders can use these in their own
+test suites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from securews.config import Config, from_mapping
+
+__all__ = ["make_config"]
+
+
+def make_config(*, dev: bool = False,
+                **sections: Mapping[str, object]) -> Config:
+    """
+    Build a checked :class:`~securews.config.Config` from keyword
+    sections, e.g. ``make_config(tls={"cert": c, "key": k},
+    origin={"allowed": ["https://app.example"]})``.
+
+    The same validation as a TOML file applies.
+    """
+    return from_mapping(sections, source="make_config()", dev=dev)
