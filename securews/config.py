@@ -49,6 +49,11 @@ class ConfigError(Exception):
         where = ": ".join(part for part in (source, key) if part)
         super().__init__(f"{where}: {message}" if where else message)
 
+    def at(self, source: str) -> ConfigError:
+        """This error, attributed to ``source`` unless it names one already."""
+        return self if self.source else ConfigError(self.problem, source=source,
+                                                    key=self.key)
+
 
 def _positive(_inst: object, a: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:

@@ -75,6 +75,13 @@ class SecureWebSocketService(MultiService):
         where = (f"{scheme}://{_host_for_url(host)}:{address.port}"
                  f"{self.config.server.path}") if host else str(address)
         self.log.info("securews listening on {url}", event="startup", url=where)
+        if self.config.dev:
+            self.log.warn(
+                "DEVELOPMENT MODE, NOT FOR PRODUCTION: anonymous access and a "
+                "missing Origin are allowed. Connect to {url}, trusting the "
+                "self-signed certificate {cert}", event="startup", url=where,
+                cert=self.config.tls.cert,
+            )
         return port
 
     def stopService(self) -> Deferred[None]:

@@ -105,21 +105,7 @@ def makeService(options: Options) -> IService:
         observer = make_observer(config.log)
         service = build_service(config, reactor, observer=observer)
     except ConfigError as e:
-        sys.stderr.write(f"securews: error: {e}\n")
+        source = "--dev" if options["dev"] else options["config"]
+        sys.stderr.write(f"securews: error: {e.at(source)}\n")
         raise SystemExit(EXIT_CONFIG) from None
-    if config.dev:
-        _announce_dev(config)
     return service
-
-
-def _announce_dev(config: Config) -> None:
-    sys.stderr.write(
-        "\n"
-        "  *** securews DEVELOPMENT MODE: NOT FOR PRODUCTION ***\n"
-        "  Anonymous access and a missing Origin are allowed; the certificate\n"
-        "  is self-signed.\n"
-        f"  URL:         wss://127.0.0.1:8443{config.server.path}\n"
-        f"  certificate: {config.tls.cert}\n"
-        "  (trust it in your client, e.g. "
-        f"ssl_context.load_verify_locations('{config.tls.cert}'))\n\n"
-    )
