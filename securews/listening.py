@@ -45,10 +45,13 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
         )
     try:
         return serverFromString(reactor, description)  # type: ignore[no-any-return]
-    except (ValueError, TypeError, KeyError, IndexError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
         detail = str(e) or type(e).__name__
-        if kind == "systemd" and isinstance(e, IndexError | KeyError):
-            detail = "no such inherited socket (is the service socket-activated?)"
+        if kind == "systemd" and isinstance(e, AttributeError):
+            detail = "unknown domain (use INET or INET6)"
+        elif kind == "systemd" and isinstance(e, IndexError | KeyError):
+            detail = ("no such inherited socket (is the service socket-activated, "
+                      "with LISTEN_FDS and LISTEN_FDNAMES set?)")
         raise ConfigError(f"{description!r}: {detail}", key="server.listen") from None
 
 

@@ -246,7 +246,9 @@ class SecureServerProtocol(WebSocketServerProtocol):
             return
         self._log_handshake("refused", refusal.reason, refusal.status)
         self.factory.handshake_refused(refusal)
-        self.wasNotCleanReason = f"handshake refused: {refusal.reason}"
+        # A deliberate refusal, not a failure: keeps Autobahn from logging
+        # a second, warning-level line about the drop.
+        self.wasClean = True
         self._transport.write(render_refusal(refusal.status, refusal.headers))
         self.dropConnection(abort=False)
 
