@@ -81,6 +81,7 @@ class SecureServerFactory(WebSocketServerFactory):
         self.allow_missing_origin = config.origin.allow_missing or config.dev
         self.trusted_networks = config.server.trusted_networks
         self.open_sessions = 0
+        self.admitted = 0
         self.refusals: dict[int, int] = {}
         self._connections: set[SecureServerProtocol] = set()
         self._drained: list[Deferred[None]] = []
@@ -120,6 +121,22 @@ class SecureServerFactory(WebSocketServerFactory):
             drained, self._drained = self._drained, []
             for d in drained:
                 d.callback(None)
+
+    def admit(self, proto: SecureServerProtocol) -> bool:
+        """
+        Reserve one of ``max_connections`` places for a handshake that
+        passed the cheap checks; it is held until the connection ends, so
+        handshakes waiting on authentication count too.
+
+        :returns: false when the server is full.
+        """
+        if self.admitted >= self.config.server.max_connections:
+            return False
+        self.admitted += 1
+        return True
+
+    def release(self, proto: SecureServerProtocol) -> None:
+        self.admitted -= 1
 
     def session_opened(self, proto: SecureServerProtocol) -> None:
         self.open_sessions += 1

@@ -87,6 +87,7 @@ class SecureServerProtocol(WebSocketServerProtocol):
     _handed_over = False
     _pending_denial: Refusal | None = None
     _opened = False
+    _admitted = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -135,6 +136,9 @@ class SecureServerProtocol(WebSocketServerProtocol):
         try:
             super().connectionLost(reason)
         finally:
+            if self._admitted:
+                self._admitted = False
+                self.factory.release(self)
             self.factory.connection_lost(self)
 
     def _from_trusted_proxy(self) -> bool:
@@ -173,9 +177,7 @@ class SecureServerProtocol(WebSocketServerProtocol):
         super().processHandshake()
 
     def _admit(self, head: RequestHead) -> Refusal | None:
-        """Checks that need no credentials: capacity, then Origin."""
-        if self.factory.open_sessions >= self.factory.config.server.max_connections:
-            return Refusal(503, "server_full", (("Retry-After", "5"),))
+        """Checks that need no credentials: Origin, then capacity."""
         try:
             origin = head.get("origin")
         except ValueError:
@@ -183,6 +185,9 @@ class SecureServerProtocol(WebSocketServerProtocol):
         if not origin_allowed(origin, self.factory.origin_allow_list,
                               allow_missing=self.factory.allow_missing_origin):
             return Refusal(403, "origin")
+        if not self.factory.admit(self):
+            return Refusal(503, "server_full", (("Retry-After", "5"),))
+        self._admitted = True
         return None
 
     def onConnect(  # type: ignore[override]

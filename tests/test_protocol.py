@@ -367,13 +367,32 @@ def test_authenticators_provide_the_interface() -> None:
 
 
 def test_server_full_is_503_with_retry_after(clock: Clock) -> None:
-    """At max_connections open sessions, new handshakes get 503."""
+    """At max_connections sessions, new handshakes get 503; a place frees up."""
     factory = make_factory(clock, AnonymousAuthenticator(),
                            server={"max_connections": 1})
-    assert status(handshake(factory)[1]) == 101
+    first, transport = handshake(factory)
+    assert status(transport) == 101
     _, transport = handshake(factory)
     assert status(transport) == 503
     assert b"\r\nRetry-After: " in transport.value()
+    first.connectionLost(Failure(ConnectionLost()))
+    assert status(handshake(factory)[1]) == 101
+
+
+def test_handshakes_waiting_for_authentication_count_as_connections(
+    clock: Clock
+) -> None:
+    """Pending authentications hold a place, so a slow auth cannot overshoot."""
+    pending: Deferred[Principal | None] = Deferred()
+    factory = make_factory(clock, FixedAuthenticator(pending),
+                           server={"max_connections": 1})
+    waiting, _ = handshake(factory)
+    _, transport = handshake(factory)
+    assert status(transport) == 503
+    waiting.connectionLost(Failure(ConnectionLost()))
+    assert factory.admitted == 0
+    pending.callback(Principal("late", "fixed"))
+    assert factory.open_sessions == 0
 
 
 def test_plaintext_serves_only_trusted_proxies(clock: Clock) -> None:
