@@ -65,6 +65,17 @@ def _non_negative(_inst: object, a: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"must not be negative, got {value!r}")
 
 
+def _at_most(limit: float) -> Callable[[object, attrs.Attribute[Any], float], None]:
+    """Upper bounds stop a typo (an extra zero) from disabling a defence."""
+
+    def check(_inst: object, a: attrs.Attribute[Any], value: float) -> None:
+        if value > limit:
+            shown = int(limit) if float(limit).is_integer() else limit
+            raise ValueError(f"must be at most {shown}, got {value!r}")
+
+    return check
+
+
 def _one_of(*choices: str) -> Callable[[object, attrs.Attribute[Any], str], None]:
     def check(_inst: object, a: attrs.Attribute[Any], value: str) -> None:
         if value not in choices:
@@ -80,7 +91,7 @@ def _non_empty(_inst: object, a: attrs.Attribute[Any], value: str) -> None:
 
 
 def _networks(values: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+    return tuple(ipaddress.ip_network(v) for v in values)
 
 
 @attrs.frozen
@@ -91,9 +102,11 @@ class ServerSettings:
                               validator=_non_empty)
     path: str = attrs.field(default="/ws")
     app: str = attrs.field(default="echo", validator=_non_empty)
-    max_connections: int = attrs.field(default=10000, validator=_positive)
+    max_connections: int = attrs.field(
+        default=10000, validator=[_positive, _at_most(1_000_000)])
     trusted_proxies: tuple[str, ...] = attrs.field(default=())
-    shutdown_grace: float = attrs.field(default=10.0, validator=_non_negative)
+    shutdown_grace: float = attrs.field(
+        default=10.0, validator=[_non_negative, _at_most(3600)])
 
     @path.validator
     def _check_path(self, a: attrs.Attribute[Any], value: str) -> None:
@@ -104,11 +117,14 @@ class ServerSettings:
     def _check_proxies(self, a: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         for entry in value:
             try:
-                ipaddress.ip_network(entry, strict=False)
+                network = ipaddress.ip_network(entry, strict=True)
             except ValueError:
                 raise ValueError(
-                    f"{entry!r} is not an IP address or CIDR network"
+                    f"{entry!r} is not an IP address or CIDR network (with "
+                    "no host bits set)"
                 ) from None
+            if network.prefixlen == 0:
+                raise ValueError(f"{entry!r} would trust every address")
 
     @property
     def trusted_networks(self) -> tuple[IPNetwork, ...]:
@@ -141,12 +157,17 @@ class LogSettings:
 class LimitsSettings:
     """``[limits]``: bounds on what one client can make the server hold."""
 
-    max_header_bytes: int = attrs.field(default=8192, validator=_positive)
-    max_headers: int = attrs.field(default=64, validator=_positive)
-    max_message_size: int = attrs.field(default=65536, validator=_positive)
-    max_frame_size: int = attrs.field(default=65536, validator=_positive)
-    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
-    close_timeout: float = attrs.field(default=2.0, validator=_positive)
+    max_header_bytes: int = attrs.field(
+        default=8192, validator=[_positive, _at_most(65536)])
+    max_headers: int = attrs.field(default=64, validator=[_positive, _at_most(1024)])
+    max_message_size: int = attrs.field(
+        default=65536, validator=[_positive, _at_most(128 * 2**20)])
+    max_frame_size: int = attrs.field(
+        default=65536, validator=[_positive, _at_most(128 * 2**20)])
+    handshake_timeout: float = attrs.field(
+        default=5.0, validator=[_positive, _at_most(300)])
+    close_timeout: float = attrs.field(
+        default=2.0, validator=[_positive, _at_most(300)])
 
 
 @attrs.frozen

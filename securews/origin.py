@@ -33,6 +33,7 @@ __all__ = [
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,31}")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_PORT = re.compile(r"[0-9]{1,5}")
 _MAX_ORIGIN_LENGTH = 512
 
 
@@ -116,8 +117,7 @@ def _split(text: str, *, allow_wildcard: bool) -> tuple[str, str, int, bool]:
         if wildcard and len(labels) < 2:
             raise OriginError("a wildcard needs a dotted domain: *.example.com")
     if port_text:
-        if not (port_text.isdigit() and len(port_text) <= 5
-                and 0 < int(port_text) < 65536):
+        if not (_PORT.fullmatch(port_text) and 0 < int(port_text) < 65536):
             raise OriginError("bad port in origin")
         port = int(port_text)
     elif scheme in _DEFAULT_PORTS:
@@ -185,6 +185,6 @@ def origin_allowed(header: str | None, allow_list: AllowList, *,
         return allow_missing
     try:
         origin = parse_origin(header)
-    except OriginError:
+    except ValueError:
         return False
     return allow_list.allows(origin)

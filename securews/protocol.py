@@ -28,15 +28,15 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securews.auth.interfaces import HandshakeRequest, Principal
-from securews.handshake import Refusal, RequestHead, read_head, route
+from securews.handshake import HeadScanner, Refusal, RequestHead, route
 from securews.logs import WireLogger
-from securews.origin import origin_allowed
+from securews.origin import OriginError, origin_allowed, parse_origin
 from securews.refusal import render_refusal
 from securews.tls import peer_subject
 
@@ -44,11 +44,28 @@ __all__ = ["SecureServerProtocol"]
 
 GOING_AWAY = 1001
 _log = Logger(namespace="securews.handshake")
+#: Methods on the security path.  Applications cannot replace them, not
+#: even through a mixin that comes first in the MRO.
 _SEALED = frozenset({
-    "connectionMade", "connectionLost", "dataReceived",
-    "processHandshake", "failHandshake", "succeedHandshake",
-    "onConnect", "onOpen", "onMessage", "onClose",
+    "connectionMade", "connectionLost", "dataReceived", "dropConnection",
+    "processHandshake", "failHandshake", "succeedHandshake", "sendServerStatus",
+    "processProxyConnect", "consumeData", "_connectionMade", "_connectionLost",
+    "_dataReceived", "onConnect", "onOpen", "onMessage", "onClose",
+    "onOpenHandshakeTimeout", "onCloseHandshakeTimeout",
+    "_admit", "_refuse", "_deny", "_log_handshake", "_from_trusted_proxy",
+    "go_away", "abort",
 })
+#: Autobahn copies a factory option onto a protocol only when the protocol
+#: (or its class) lacks the attribute, so a class attribute such as
+#: ``maxMessagePayloadSize = 0`` would silently undo the factory's limit.
+_OPTIONS = frozenset(WebSocketServerProtocol.CONFIG_ATTRS)
+
+
+def _printable_origin(value: str) -> str:
+    try:
+        return str(parse_origin(value))
+    except OriginError:
+        return "invalid"
 
 
 class _Denied(ConnectionDeny):
@@ -83,6 +100,8 @@ class SecureServerProtocol(WebSocketServerProtocol):
     client: str = ""
 
     log = WireLogger()
+    _scanner: HeadScanner | None = None
+    _reaper: IDelayedCall | None = None
     _head: RequestHead | None = None
     _handed_over = False
     _pending_denial: Refusal | None = None
@@ -91,12 +110,21 @@ class SecureServerProtocol(WebSocketServerProtocol):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        overridden = sorted(_SEALED & set(vars(cls)))
-        if overridden:
+        overridden = sorted(
+            name for name in _SEALED
+            if getattr(cls, name) is not getattr(SecureServerProtocol, name)
+        )
+        added = set(SecureServerProtocol.__mro__)
+        options = sorted(
+            name for klass in cls.__mro__ if klass not in added
+            for name in _OPTIONS & set(vars(klass))
+        )
+        if overridden or options:
             raise TypeError(
-                f"{cls.__qualname__} overrides {', '.join(overridden)}: securews "
-                "applications implement onSessionOpen, onValidatedMessage and "
-                "onSessionClose instead"
+                f"{cls.__qualname__} overrides {', '.join(overridden + options)}: "
+                "securews applications implement onSessionOpen, "
+                "onValidatedMessage and onSessionClose, and take their limits "
+                "from the settings"
             )
 
     # -- application hooks -------------------------------------------------
@@ -136,10 +164,36 @@ class SecureServerProtocol(WebSocketServerProtocol):
         try:
             super().connectionLost(reason)
         finally:
-            if self._admitted:
-                self._admitted = False
-                self.factory.release(self)
+            if self._reaper is not None and self._reaper.active():
+                self._reaper.cancel()
+            self._release()
             self.factory.connection_lost(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            # Refused or closed: nothing more is read, so nothing piles up
+            # while the transport winds down.
+            return
+        super().dataReceived(data)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        """
+        Close the transport, and make sure it really goes.
+
+        A graceful TLS close waits for the peer's close_notify forever; a
+        peer that never sends one would keep the connection (and its
+        place) for good.  Whatever is still open ``close_timeout`` later
+        is aborted.
+        """
+        super().dropConnection(abort)
+        if not abort and self._reaper is None and self.transport is not None:
+            self._reaper = self.factory.clock.callLater(
+                self.factory.config.limits.close_timeout, self.abort)
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.factory.release(self)
 
     def _from_trusted_proxy(self) -> bool:
         try:
@@ -157,24 +211,30 @@ class SecureServerProtocol(WebSocketServerProtocol):
             if len(self.data) > self.factory.config.limits.max_frame_size + 14:
                 self._refuse(Refusal(400, "early_data"))
             return
-        decision = read_head(
-            self.data,
-            max_bytes=self.factory.config.limits.max_header_bytes,
-            max_headers=self.factory.config.limits.max_headers,
-        )
-        if decision is None:
-            return
-        if isinstance(decision, Refusal):
-            self._refuse(decision)
-            return
-        self._head = decision
-        refusal = route(decision, websocket_path=self.factory.config.server.path)
-        refusal = refusal or self._admit(decision)
+        try:
+            refusal = self._decide()
+        except Exception as e:
+            _log.error("handshake check failed with {error}; refused",
+                       event="handshake", error=type(e).__name__)
+            refusal = Refusal(500, "internal_error")
         if refusal is not None:
             self._refuse(refusal)
-            return
-        self._handed_over = True
-        super().processHandshake()
+        elif self._head is not None:
+            self._handed_over = True
+            super().processHandshake()
+
+    def _decide(self) -> Refusal | None:
+        """Run securews's checks on the head, once it is complete."""
+        limits = self.factory.config.limits
+        if self._scanner is None:
+            self._scanner = HeadScanner(max_bytes=limits.max_header_bytes,
+                                        max_headers=limits.max_headers)
+        decision = self._scanner.scan(self.data)
+        if decision is None or isinstance(decision, Refusal):
+            return decision
+        self._head = decision
+        return (route(decision, websocket_path=self.factory.config.server.path)
+                or self._admit(decision))
 
     def _admit(self, head: RequestHead) -> Refusal | None:
         """Checks that need no credentials: Origin, then capacity."""
@@ -205,9 +265,17 @@ class SecureServerProtocol(WebSocketServerProtocol):
             authenticator.authenticate, handshake
         )
 
-        def decided(principal: Principal | None) -> str | None:
+        def decided(principal: object) -> str | None:
             if principal is None:
                 self._deny(Refusal(401, "no_credentials"))
+            if not isinstance(principal, Principal):
+                _log.error(
+                    "authenticator {method} returned a {kind}, not a Principal; "
+                    "handshake refused", event="handshake",
+                    method=getattr(authenticator, "method", "?"),
+                    kind=type(principal).__name__,
+                )
+                self._deny(Refusal(500, "auth_error"))
             self.principal = principal
             return self._choose_subprotocol(request.protocols)
 
@@ -237,18 +305,27 @@ class SecureServerProtocol(WebSocketServerProtocol):
     def succeedHandshake(self, res: Any) -> None:
         if self.state != WebSocketProtocol.STATE_CONNECTING:
             return
-        self._log_handshake("accepted", None, 101)
         super().succeedHandshake(res)
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self._log_handshake("accepted", None, 101)
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:
         # ``reason`` is Autobahn's text and may quote client input: it is
-        # neither logged nor sent.
-        self._refuse(self._pending_denial or Refusal(code, "bad_handshake"))
+        # neither logged nor sent.  The one header Autobahn adds (the
+        # versions it speaks, on a version mismatch) is securews's own.
+        refusal = self._pending_denial
+        if refusal is None:
+            names = {name.lower() for name, _ in responseHeaders or ()}
+            extra = ((("Sec-WebSocket-Version", "13"),)
+                     if "sec-websocket-version" in names else ())
+            refusal = Refusal(code, "bad_handshake", extra)
+        self._refuse(refusal)
 
     def _refuse(self, refusal: Refusal) -> None:
         if self.state == WebSocketProtocol.STATE_CLOSED:
             return
+        self._release()
         self._log_handshake("refused", refusal.reason, refusal.status)
         self.factory.handshake_refused(refusal)
         # A deliberate refusal, not a failure: keeps Autobahn from logging
@@ -258,17 +335,27 @@ class SecureServerProtocol(WebSocketServerProtocol):
         self.dropConnection(abort=False)
 
     def _log_handshake(self, outcome: str, reason: str | None, status: int) -> None:
+        """
+        One event per handshake.  Client text is logged only in normalised
+        form: the path only when it is the WebSocket path (``"other"``
+        otherwise: a path can carry a token as well as a query can), the
+        Origin only when it parses (``"invalid"`` otherwise).
+        """
         head = self._head
-        origin = None
+        path = origin = None
         if head is not None:
+            expected = self.factory.config.server.path
+            path = head.path if head.path == expected else "other"
             values = head.values("origin")
-            origin = values[0][:256] if len(values) == 1 else None
+            if len(values) == 1:
+                origin = _printable_origin(values[0])
+            elif values:
+                origin = "invalid"
         _log.info(
             "handshake {outcome} {status} from {client} path={path} "
             "origin={origin} reason={reason}",
             event="handshake", outcome=outcome, status=status,
-            client=self.client, path=head.path[:256] if head else None,
-            origin=origin, reason=reason,
+            client=self.client, path=path, origin=origin, reason=reason,
             method=self.principal.method if self.principal else None,
         )
 

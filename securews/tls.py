@@ -59,7 +59,7 @@ ECDH_GROUPS = b"X25519:P-256:P-384"
 ALPN = b"http/1.1"
 _MIN_RSA_BITS = 2048
 _FS_AEAD = re.compile(
-    r"(?:ECDHE|DHE)-[A-Z0-9-]*(?:GCM|CHACHA20-POLY1305|CCM)[A-Z0-9-]*"
+    r"(?:ECDHE|DHE)-[A-Z0-9-]*(?:GCM|CHACHA20-POLY1305|CCM)(?:-[A-Z0-9]+)*"
 )
 
 
@@ -171,9 +171,16 @@ def _set_groups(context: SSL.Context) -> None:
         raise ConfigError("OpenSSL refused the ECDH group list", key="tls")
 
 
+def _strong_suite(name: str) -> bool:
+    """Forward-secret AEAD with a full-length tag (TLS 1.3 suites all are)."""
+    if "CCM8" in name or "CCM_8" in name:
+        return False
+    return name.startswith("TLS_") or bool(_FS_AEAD.fullmatch(name))
+
+
 def _check_ciphers(context: SSL.Context, configured: str) -> None:
     names = SSL.Connection(context, None).get_cipher_list()
-    weak = [n for n in names if not n.startswith("TLS_") and not _FS_AEAD.fullmatch(n)]
+    weak = [n for n in names if not _strong_suite(n)]
     if weak:
         raise ConfigError(
             f"{configured!r} enables suites that are not forward-secret AEAD: "
@@ -196,6 +203,11 @@ def _build_context(settings: TLSSettings, creds: ServerCredentials) -> SSL.Conte
         | SSL.OP_SINGLE_ECDH_USE
     )
     ciphers = settings.ciphers or DEFAULT_CIPHERS
+    if "@" in ciphers:
+        raise ConfigError(
+            f"{ciphers!r}: '@' directives (such as @SECLEVEL) are not allowed; "
+            "list suites only", key="tls.ciphers",
+        )
     try:
         context.set_cipher_list(ciphers.encode("ascii"))
     except (SSL.Error, UnicodeEncodeError):
@@ -215,9 +227,7 @@ def _build_context(settings: TLSSettings, creds: ServerCredentials) -> SSL.Conte
         assert store is not None
         for ca in creds.client_cas:
             store.add_cert(crypto.X509.from_cryptography(ca))
-        context.set_client_ca_list(
-            [crypto.X509.from_cryptography(ca).get_subject() for ca in creds.client_cas]
-        )
+            context.add_client_ca(ca)
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
     _check_ciphers(context, ciphers)
     return context
@@ -270,6 +280,6 @@ def peer_subject(connection: object) -> tuple[tuple[str, str], ...] | None:
     if cert is None:
         return None
     return tuple(
-        (name.decode("ascii", "replace"), value.decode("utf-8", "replace"))
-        for name, value in cert.get_subject().get_components()
+        (attribute.rfc4514_attribute_name, str(attribute.value))
+        for attribute in cert.to_cryptography().subject
     )

@@ -454,3 +454,117 @@ def test_shutdown_finishes_when_peers_answer_the_close(clock: Clock) -> None:
     assert factory.calls[-1] == ("close", 1001)
     assert clock.getDelayedCalls() == [] or all(
         not c.active() for c in clock.getDelayedCalls())
+
+
+# -- regressions from the security review --------------------------------------
+
+
+def test_refused_connection_is_aborted_if_the_peer_lingers(clock: Clock) -> None:
+    """A peer that never closes after a refusal is aborted at close_timeout."""
+    factory = make_factory(clock, limits={"close_timeout": 2})
+    proto, transport = handshake(factory)
+    assert status(transport) == 401
+    assert factory.admitted == 0
+    proto.dataReceived(b"x" * 100_000)
+    assert len(proto.data) < 1000
+    clock.advance(1.9)
+    assert not transport.disconnected
+    clock.advance(0.2)
+    assert transport.disconnected
+
+
+def test_closed_session_is_aborted_if_tcp_lingers(clock: Clock) -> None:
+    """After a completed close handshake the TCP connection cannot linger."""
+    factory = make_factory(clock, AnonymousAuthenticator(),
+                           limits={"close_timeout": 2})
+    proto, transport = handshake(factory)
+    proto.dataReceived(client_frame(struct.pack("!H", 1000), opcode=0x8))
+    assert transport.disconnecting
+    clock.advance(2.1)
+    assert transport.disconnected
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert factory.open_sessions == 0
+    assert clock.getDelayedCalls() == [] or all(
+        not c.active() for c in clock.getDelayedCalls())
+
+
+class LaxMixin:
+    def onConnect(self, request: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("namespace", [
+    {"_admit": lambda self, head: None},
+    {"dropConnection": lambda self, abort=False: None},
+    {"maxMessagePayloadSize": 0},
+    {"openHandshakeTimeout": 0},
+    {"perMessageCompressionAccept": staticmethod(lambda offers: offers[0])},
+])
+def test_security_path_and_limits_cannot_be_overridden(
+    namespace: dict[str, object]
+) -> None:
+    """Private checks and Autobahn option attributes are sealed too."""
+    with pytest.raises(TypeError, match=next(iter(namespace))):
+        type("Bad", (SecureServerProtocol,), namespace)
+
+
+def test_mixin_cannot_slip_a_sealed_method_in_front() -> None:
+    """A mixin earlier in the MRO cannot replace onConnect."""
+    with pytest.raises(TypeError, match="onConnect"):
+        type("Bad", (LaxMixin, SecureServerProtocol), {})
+
+
+@pytest.mark.parametrize("result", [False, "", {}, "alice", 0])
+def test_authenticator_returning_a_non_principal_is_refused(
+    clock: Clock, result: object
+) -> None:
+    """Only a Principal admits a client; anything else is a 500, not a 101."""
+    factory = make_factory(clock, FixedAuthenticator(result))
+    _, transport = handshake(factory)
+    assert status(transport) == 500
+
+
+def test_origin_with_unicode_digit_port_is_refused_cleanly(
+    clock: Clock, events: list[LogEvent]
+) -> None:
+    """A port of superscript digits is a 403, not an exception."""
+    factory = make_factory(clock, FixedAuthenticator(Principal("a", "fixed")))
+    proto, transport = connect(factory)
+    proto.dataReceived(request(origin=None, extra=(
+        "Origin: https://app.example.com:\xb2\xb3",)))
+    assert status(transport) == 403
+
+
+def test_logged_path_and_origin_are_normalised(
+    clock: Clock, events: list[LogEvent]
+) -> None:
+    """Only the WebSocket path and parsed origins are logged verbatim."""
+    factory = make_factory(clock)
+    handshake(factory, path=f"/ws;ticket={SECRET}")
+    handshake(factory, origin=f"https://x/{SECRET}")
+    handshake(factory, origin="HTTPS://APP.example.com:443")
+    logged = [(e["path"], e["origin"]) for e in events if e.get("event") == "handshake"]
+    assert logged == [("other", ORIGIN), ("/ws", "invalid"), ("/ws", ORIGIN)]
+    assert SECRET not in repr(events)
+
+
+def test_version_mismatch_says_which_version_is_spoken(clock: Clock) -> None:
+    """An unsupported Sec-WebSocket-Version gets 400 naming version 13."""
+    factory = make_factory(clock, AnonymousAuthenticator())
+    proto, transport = connect(factory)
+    proto.dataReceived(request().replace(b"Version: 13", b"Version: 99"))
+    assert status(transport) == 400
+    assert b"\r\nSec-WebSocket-Version: 13\r\n" in transport.value()
+
+
+def test_accepted_is_logged_only_once_the_session_is_open(
+    clock: Clock, events: list[LogEvent]
+) -> None:
+    """Autobahn refusing after onConnect yields one 'refused' event, no 'accepted'."""
+    factory = make_factory(clock, FixedAuthenticator(Principal("a", "fixed")))
+    proto, transport = connect(factory)
+    proto.dataReceived(request(extra=(
+        "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=99",)))
+    outcomes = [e["outcome"] for e in events if e.get("event") == "handshake"]
+    assert status(transport) == 400
+    assert outcomes == ["refused"]
