@@ -13,26 +13,41 @@ what is wrong, never a traceback.
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import attrs
 
+from securews.settings import (
+    AuthSettings,
+    CookieSettings,
+    JWTSettings,
+    LimitsSettings,
+    LogSettings,
+    OriginSettings,
+    RateLimitSettings,
+    ServerSettings,
+    TicketSettings,
+    TLSSettings,
+)
+
 __all__ = [
+    "AuthSettings",
     "Config",
     "ConfigError",
+    "CookieSettings",
+    "JWTSettings",
     "LimitsSettings",
     "LogSettings",
     "OriginSettings",
+    "RateLimitSettings",
     "ServerSettings",
     "TLSSettings",
+    "TicketSettings",
     "from_mapping",
     "load",
 ]
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -55,128 +70,6 @@ class ConfigError(Exception):
                                                     key=self.key)
 
 
-def _positive(_inst: object, a: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be greater than 0, got {value!r}")
-
-
-def _non_negative(_inst: object, a: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-
-
-def _at_most(limit: float) -> Callable[[object, attrs.Attribute[Any], float], None]:
-    """Upper bounds stop a typo (an extra zero) from disabling a defence."""
-
-    def check(_inst: object, a: attrs.Attribute[Any], value: float) -> None:
-        if value > limit:
-            shown = int(limit) if float(limit).is_integer() else limit
-            raise ValueError(f"must be at most {shown}, got {value!r}")
-
-    return check
-
-
-def _one_of(*choices: str) -> Callable[[object, attrs.Attribute[Any], str], None]:
-    def check(_inst: object, a: attrs.Attribute[Any], value: str) -> None:
-        if value not in choices:
-            allowed = ", ".join(repr(c) for c in choices)
-            raise ValueError(f"must be one of {allowed}, got {value!r}")
-
-    return check
-
-
-def _non_empty(_inst: object, a: attrs.Attribute[Any], value: str) -> None:
-    if not value.strip():
-        raise ValueError("must not be empty")
-
-
-def _networks(values: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(v) for v in values)
-
-
-@attrs.frozen
-class ServerSettings:
-    """``[server]``: where to listen and what to serve."""
-
-    listen: str = attrs.field(default="tcp:8443:interface=127.0.0.1",
-                              validator=_non_empty)
-    path: str = attrs.field(default="/ws")
-    app: str = attrs.field(default="echo", validator=_non_empty)
-    max_connections: int = attrs.field(
-        default=10000, validator=[_positive, _at_most(1_000_000)])
-    trusted_proxies: tuple[str, ...] = attrs.field(default=())
-    shutdown_grace: float = attrs.field(
-        default=10.0, validator=[_non_negative, _at_most(3600)])
-
-    @path.validator
-    def _check_path(self, a: attrs.Attribute[Any], value: str) -> None:
-        if not value.startswith("/") or "?" in value or "#" in value:
-            raise ValueError(f"must be an absolute path like '/ws', got {value!r}")
-
-    @trusted_proxies.validator
-    def _check_proxies(self, a: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
-        for entry in value:
-            try:
-                network = ipaddress.ip_network(entry, strict=True)
-            except ValueError:
-                raise ValueError(
-                    f"{entry!r} is not an IP address or CIDR network (with "
-                    "no host bits set)"
-                ) from None
-            if network.prefixlen == 0:
-                raise ValueError(f"{entry!r} would trust every address")
-
-    @property
-    def trusted_networks(self) -> tuple[IPNetwork, ...]:
-        """The parsed ``trusted_proxies``."""
-        return _networks(self.trusted_proxies)
-
-
-@attrs.frozen
-class TLSSettings:
-    """``[tls]``: the TLS context securews builds for itself."""
-
-    enabled: bool = True
-    cert: str = ""
-    key: str = ""
-    chain: str = ""
-    min_version: str = attrs.field(default="1.2", validator=_one_of("1.2", "1.3"))
-    ciphers: str = ""
-    client_ca: str = ""
-
-
-@attrs.frozen
-class LogSettings:
-    """``[log]``: where log events go and in which format."""
-
-    format: str = attrs.field(default="text", validator=_one_of("text", "json"))
-    file: str = attrs.field(default="-", validator=_non_empty)
-
-
-@attrs.frozen
-class LimitsSettings:
-    """``[limits]``: bounds on what one client can make the server hold."""
-
-    max_header_bytes: int = attrs.field(
-        default=8192, validator=[_positive, _at_most(65536)])
-    max_headers: int = attrs.field(default=64, validator=[_positive, _at_most(1024)])
-    max_message_size: int = attrs.field(
-        default=65536, validator=[_positive, _at_most(128 * 2**20)])
-    max_frame_size: int = attrs.field(
-        default=65536, validator=[_positive, _at_most(128 * 2**20)])
-    handshake_timeout: float = attrs.field(
-        default=5.0, validator=[_positive, _at_most(300)])
-    close_timeout: float = attrs.field(
-        default=2.0, validator=[_positive, _at_most(300)])
-
-
-@attrs.frozen
-class OriginSettings:
-    """``[origin]``: the Cross-Site WebSocket Hijacking allow-list."""
-
-    allowed: tuple[str, ...] = ()
-    allow_missing: bool = False
-
 
 @attrs.frozen
 class Config:
@@ -187,11 +80,13 @@ class Config:
         missing Origin, nothing else.
     """
 
-    server: ServerSettings = ServerSettings()
-    tls: TLSSettings = TLSSettings()
-    log: LogSettings = LogSettings()
-    limits: LimitsSettings = LimitsSettings()
-    origin: OriginSettings = OriginSettings()
+    server: ServerSettings = attrs.field(factory=ServerSettings)
+    tls: TLSSettings = attrs.field(factory=TLSSettings)
+    log: LogSettings = attrs.field(factory=LogSettings)
+    limits: LimitsSettings = attrs.field(factory=LimitsSettings)
+    origin: OriginSettings = attrs.field(factory=OriginSettings)
+    auth: AuthSettings = attrs.field(factory=AuthSettings)
+    ratelimit: RateLimitSettings = attrs.field(factory=RateLimitSettings)
     dev: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -211,6 +106,17 @@ class Config:
                 "must not exceed limits.max_message_size",
                 key="limits.max_frame_size",
             )
+        if "anonymous" in self.auth.methods and not self.dev:
+            raise ConfigError("'anonymous' is only allowed with --dev",
+                              key="auth.methods")
+        if self.auth.ticket.issue_path == self.server.path:
+            raise ConfigError("must differ from server.path",
+                              key="auth.ticket.issue_path")
+        if "ticket" in self.auth.methods and not (
+                {"jwt", "cookie"} & set(self.auth.methods)):
+            raise ConfigError(
+                "'ticket' needs 'jwt' or 'cookie' too: they authenticate the "
+                "POST that mints a ticket", key="auth.methods")
         from securews.origin import OriginError, parse_allow_list
 
         try:
@@ -225,6 +131,15 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogSettings,
     "limits": LimitsSettings,
     "origin": OriginSettings,
+    "auth": AuthSettings,
+    "ratelimit": RateLimitSettings,
+}
+
+#: Tables inside tables: ``[auth.jwt]`` and friends.
+_NESTED: dict[str, type[Any]] = {
+    "TicketSettings": TicketSettings,
+    "JWTSettings": JWTSettings,
+    "CookieSettings": CookieSettings,
 }
 
 _T = TypeVar("_T")
@@ -275,7 +190,12 @@ def _section(cls: type[_T], table: object, name: str, source: str,
                 f"unknown key (known keys: {known})",
                 source=source, key=f"{name}.{key}",
             )
-        kwargs[key] = _coerce(value, str(fields[key].type), f"{name}.{key}", source)
+        annotation = str(fields[key].type)
+        if annotation in _NESTED:
+            kwargs[key] = _section(_NESTED[annotation], value, f"{name}.{key}",
+                                   source, {})
+        else:
+            kwargs[key] = _coerce(value, annotation, f"{name}.{key}", source)
     for key, value in overrides.items():
         kwargs[key] = _coerce(value, str(fields[key].type), f"{name}.{key}",
                               "command line")

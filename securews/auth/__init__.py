@@ -6,6 +6,20 @@ before the connection is upgraded and answers with a
 :class:`~securews.auth.interfaces.Principal` or ``None``.
 """
 
-from securews.auth.interfaces import HandshakeRequest, IAuthenticator, Principal
+from securews.auth.interfaces import (
+    AuthenticationFailed,
+    HandshakeRequest,
+    IAuthenticator,
+    ITicketStore,
+    Principal,
+    TicketRejected,
+)
 
-__all__ = ["HandshakeRequest", "IAuthenticator", "Principal"]
+__all__ = [
+    "AuthenticationFailed",
+    "HandshakeRequest",
+    "IAuthenticator",
+    "ITicketStore",
+    "Principal",
+    "TicketRejected",
+]

@@ -19,7 +19,33 @@ from zope.interface import Attribute, Interface
 
 from securews.handshake import RequestHead
 
-__all__ = ["HandshakeRequest", "IAuthenticator", "Principal"]
+__all__ = [
+    "AuthenticationFailed",
+    "HandshakeRequest",
+    "IAuthenticator",
+    "ITicketStore",
+    "Principal",
+    "TicketRejected",
+]
+
+
+class AuthenticationFailed(Exception):
+    """
+    A credential for this method was presented and is not valid.
+
+    Raise it (or fail the Deferred with it) to deny the handshake at once
+    with 401; the next method is not tried.  ``reason`` is a fixed
+    category for logs and metrics (``"expired"``, ``"bad_signature"``,
+    ...), never the credential or text derived from it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TicketRejected(AuthenticationFailed):
+    """A ticket was unknown, reused, expired, or bound elsewhere."""
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -72,7 +98,39 @@ class IAuthenticator(Interface):
         Authenticate a handshake.
 
         :returns: a Deferred firing with the principal, or with ``None``
-            when the request carries no valid credential for this method.
-            A failed Deferred denies the handshake too (fail closed); its
-            exception is never shown to the client.
+            when the request carries no credential for this method (the
+            next method is tried).  It fails with
+            :class:`AuthenticationFailed` when a credential is present but
+            invalid (401).  Any other failure denies the handshake too
+            (500, fail closed); its text is never shown nor logged.
+        """
+
+
+class ITicketStore(Interface):
+    """
+    Where single-use tickets live between the POST that mints one and the
+    handshake that spends it.
+
+    Implementations store only a digest of each ticket, consume a ticket
+    atomically (the first redemption wins), and bound their memory.
+    """
+
+    def issue(principal: Principal, origin: str | None,
+              client: str) -> Deferred[str]:
+        """
+        Mint a ticket for ``principal``, bound to ``origin`` and ``client``.
+
+        :returns: a Deferred firing with the ticket text (shown once, to
+            the client), or failing with :class:`TicketRejected`
+            (``"too_many"``) when the principal holds too many.
+        """
+
+    def redeem(ticket: str, origin: str | None, client: str) -> Deferred[Principal]:
+        """
+        Spend a ticket.
+
+        :returns: a Deferred firing with the principal it was minted for,
+            or failing with :class:`TicketRejected` (``"bad_ticket"``,
+            ``"expired"``, ``"reused"``, ``"wrong_origin"``,
+            ``"wrong_client"``).
         """
