@@ -90,5 +90,6 @@ def dev_config(state_dir: Path, *, now: datetime.datetime,
     data: dict[str, dict[str, object]] = {
         "server": {"listen": DEV_LISTEN},
         "tls": {"cert": str(cert), "key": str(key)},
+        "auth": {"methods": ["anonymous"]},
     }
     return from_mapping(data, source="--dev", overrides=overrides, dev=True)

@@ -14,6 +14,7 @@ connections (for graceful shutdown) and the number of open sessions (for
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,17 +23,21 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from securews.auth.anonymous import AnonymousAuthenticator, DenyAllAuthenticator
-from securews.auth.interfaces import IAuthenticator
+from securews.auth.build import build_authentication
+from securews.auth.interfaces import IAuthenticator, ITicketStore
 from securews.config import Config, from_mapping
-from securews.handshake import Refusal
+from securews.connlimit import ConnectionCounter
 from securews.logs import WireLogger
 from securews.origin import parse_allow_list
 from securews.protocol import SecureServerProtocol
+from securews.ratelimit import BucketTable
 
 __all__ = ["SecureServerFactory"]
 
 _log = Logger(namespace="securews.shutdown")
+
+#: Most client networks whose connection rate is tracked at once (LRU).
+MAX_TRACKED_CLIENTS = 100_000
 
 
 class SecureServerFactory(WebSocketServerFactory):
@@ -45,9 +50,14 @@ class SecureServerFactory(WebSocketServerFactory):
         are checked exactly like a TOML file.
     :param protocol: the application class (a ``SecureServerProtocol``
         subclass); defaults to the ``server.app`` setting.
-    :param authenticator: an :class:`~securews.auth.interfaces.IAuthenticator`.
-        Without one every handshake is refused with 401, except in
-        development mode, where everyone is anonymous.
+    :param authenticator: an :class:`~securews.auth.interfaces.IAuthenticator`
+        that replaces the ``[auth]`` settings.  Without one, the methods
+        of ``auth.methods`` are built (key files read and checked now).
+    :param ticket_store: where tickets live (an
+        :class:`~securews.auth.interfaces.ITicketStore`); by default in
+        this process's memory.
+    :param ticket_issuer: with ``authenticator``: authenticates
+        ``POST issue_path``; the ticket endpoint is off without it.
     :param reactor: the reactor, also the clock for the shutdown grace.
     """
 
@@ -58,6 +68,8 @@ class SecureServerFactory(WebSocketServerFactory):
     def __init__(self, config: Config | None = None, *,
                  protocol: type[SecureServerProtocol] | None = None,
                  authenticator: IAuthenticator | None = None,
+                 ticket_store: ITicketStore | None = None,
+                 ticket_issuer: IAuthenticator | None = None,
                  reactor: Any = None,
                  **sections: Mapping[str, object]) -> None:
         if config is None:
@@ -74,15 +86,24 @@ class SecureServerFactory(WebSocketServerFactory):
             raise TypeError(f"{protocol!r} is not a SecureServerProtocol subclass")
         self.protocol = protocol
         if authenticator is None:
-            authenticator = (AnonymousAuthenticator() if config.dev
-                             else DenyAllAuthenticator())
-        self.authenticator = authenticator
+            auth = build_authentication(config, self.reactor, ticket_store=ticket_store)
+            authenticator = auth.handshake
+            ticket_store, ticket_issuer = auth.ticket_store, auth.ticket_issuer
+        self.ticket_store = ticket_store if ticket_issuer is not None else None
+        self.ticket_issuer = ticket_issuer
+        self.authenticator: IAuthenticator = authenticator
+        self.ticket_path = config.auth.ticket.issue_path
+        rates = config.ratelimit
+        self.connect_rate = BucketTable(rates.connect_rate, rates.connect_burst,
+                                        max_entries=MAX_TRACKED_CLIENTS)
+        self.per_client = ConnectionCounter(rates.connections_per_ip)
+        self.outcomes: Counter[tuple[str, int]] = Counter()
+        self.auth_failures: Counter[tuple[str, str]] = Counter()
         self.origin_allow_list = parse_allow_list(config.origin.allowed)
         self.allow_missing_origin = config.origin.allow_missing or config.dev
         self.trusted_networks = config.server.trusted_networks
         self.open_sessions = 0
         self.admitted = 0
-        self.refusals: dict[int, int] = {}
         self._connections: set[SecureServerProtocol] = set()
         self._drained: list[Deferred[None]] = []
         limits = config.limits
@@ -144,8 +165,12 @@ class SecureServerFactory(WebSocketServerFactory):
     def session_closed(self, proto: SecureServerProtocol) -> None:
         self.open_sessions -= 1
 
-    def handshake_refused(self, refusal: Refusal) -> None:
-        self.refusals[refusal.status] = self.refusals.get(refusal.status, 0) + 1
+    def count_outcome(self, outcome: str, status: int) -> None:
+        """Count an HTTP-level answer (for metrics; fixed label values)."""
+        self.outcomes[outcome, status] += 1
+
+    def count_auth_failure(self, method: str, reason: str) -> None:
+        self.auth_failures[method, reason] += 1
 
     @property
     def connection_count(self) -> int:

@@ -21,7 +21,7 @@ behalf.  Messages reach the application as whole, validated payloads.
 
 from __future__ import annotations
 
-import ipaddress
+import math
 from typing import Any, ClassVar, NoReturn
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -33,11 +33,25 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from securews.auth.interfaces import HandshakeRequest, Principal
+from securews.auth.interfaces import (
+    AuthenticationFailed,
+    HandshakeRequest,
+    IAuthenticator,
+    Principal,
+    TicketRejected,
+)
+from securews.client_address import client_address, network_key, peer_is_trusted
 from securews.handshake import HeadScanner, Refusal, RequestHead, route
 from securews.logs import WireLogger
 from securews.origin import OriginError, origin_allowed, parse_origin
 from securews.refusal import render_refusal
+from securews.ticket_endpoint import (
+    Preflight,
+    check_body,
+    inspect_ticket_request,
+    preflight_response,
+    ticket_response,
+)
 from securews.tls import peer_subject
 
 __all__ = ["SecureServerProtocol"]
@@ -52,7 +66,9 @@ _SEALED = frozenset({
     "processProxyConnect", "consumeData", "_connectionMade", "_connectionLost",
     "_dataReceived", "onConnect", "onOpen", "onMessage", "onClose",
     "onOpenHandshakeTimeout", "onCloseHandshakeTimeout",
-    "_admit", "_refuse", "_deny", "_log_handshake", "_from_trusted_proxy",
+    "_decide", "_admit", "_allowed_origin", "_authenticate", "_refuse",
+    "_respond", "_deny", "_release", "_log_handshake", "_from_trusted_proxy",
+    "_handshake_request", "_start_ticket_request", "_continue_ticket_request",
     "go_away", "abort",
 })
 #: Autobahn copies a factory option onto a protocol only when the protocol
@@ -91,7 +107,10 @@ class SecureServerProtocol(WebSocketServerProtocol):
         :meth:`onSessionOpen`).
     :ivar tls_client_subject: the verified client-certificate subject
         under mutual TLS, else ``None``.
-    :ivar client: the client's IP address, as used for limits and logs.
+    :ivar client: the client's IP address, as used for limits and logs:
+        the TCP peer, or the address a trusted proxy reported in
+        ``X-Forwarded-For``.
+    :ivar peer_host: the TCP peer's address.
     """
 
     subprotocols: ClassVar[tuple[str, ...]] = ()
@@ -105,6 +124,12 @@ class SecureServerProtocol(WebSocketServerProtocol):
     _head: RequestHead | None = None
     _handed_over = False
     _pending_denial: Refusal | None = None
+    _denied_method: str | None = None
+    _client_key: str | None = None
+    _ticket_length: int | None = None
+    _ticket_origin: str | None = None
+    _ticket_started = False
+    peer_host: str = ""
     _opened = False
     _admitted = False
 
@@ -148,7 +173,8 @@ class SecureServerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         peer = self._transport.getPeer()
-        self.client = getattr(peer, "host", "") or "unix"
+        self.peer_host = getattr(peer, "host", "") or "local"
+        self.client = self.peer_host
         factory = self.factory
         factory.connection_made(self)
         super().connectionMade()
@@ -191,16 +217,16 @@ class SecureServerProtocol(WebSocketServerProtocol):
                 self.factory.config.limits.close_timeout, self.abort)
 
     def _release(self) -> None:
+        """Give back the capacity and per-client places this connection holds."""
         if self._admitted:
             self._admitted = False
             self.factory.release(self)
+        if self._client_key is not None:
+            self.factory.per_client.release(self._client_key)
+            self._client_key = None
 
     def _from_trusted_proxy(self) -> bool:
-        try:
-            address = ipaddress.ip_address(self.client)
-        except ValueError:
-            return False
-        return any(address in net for net in self.factory.trusted_networks)
+        return peer_is_trusted(self.peer_host, self.factory.trusted_networks)
 
     # -- opening handshake -------------------------------------------------
 
@@ -211,89 +237,143 @@ class SecureServerProtocol(WebSocketServerProtocol):
             if len(self.data) > self.factory.config.limits.max_frame_size + 14:
                 self._refuse(Refusal(400, "early_data"))
             return
+        if self._ticket_started:
+            return
         try:
-            refusal = self._decide()
+            if self._ticket_length is not None:
+                refusal = self._continue_ticket_request()
+            else:
+                refusal = self._decide()
         except Exception as e:
             _log.error("handshake check failed with {error}; refused",
                        event="handshake", error=type(e).__name__)
             refusal = Refusal(500, "internal_error")
         if refusal is not None:
             self._refuse(refusal)
-        elif self._head is not None:
+        elif self._head is not None and self._ticket_length is None:
             self._handed_over = True
             super().processHandshake()
 
     def _decide(self) -> Refusal | None:
-        """Run securews's checks on the head, once it is complete."""
-        limits = self.factory.config.limits
+        """
+        Run securews's checks on the head once it is complete: who the
+        client is, its connection rate, the route, then (for WebSocket
+        upgrades) its concurrent connections, the Origin and capacity.
+        Floods are turned away here, before any authenticator runs.
+        """
+        factory = self.factory
+        limits = factory.config.limits
         if self._scanner is None:
             self._scanner = HeadScanner(max_bytes=limits.max_header_bytes,
                                         max_headers=limits.max_headers)
         decision = self._scanner.scan(self.data)
         if decision is None or isinstance(decision, Refusal):
             return decision
-        self._head = decision
-        return (route(decision, websocket_path=self.factory.config.server.path)
-                or self._admit(decision))
+        head = self._head = decision
+        self.client = client_address(self.peer_host, head.values("x-forwarded-for"),
+                                     factory.trusted_networks)
+        key = network_key(self.client, factory.config.ratelimit.ipv6_prefix)
+        now = factory.clock.seconds()
+        if not factory.connect_rate.take(key, now):
+            wait = max(1, math.ceil(factory.connect_rate.retry_after(key, now)))
+            return Refusal(429, "rate_limited", (("Retry-After", str(wait)),))
+        if factory.ticket_store is not None and head.path == factory.ticket_path:
+            return self._start_ticket_request(head)
+        refusal = route(head, websocket_path=factory.config.server.path)
+        if refusal is not None:
+            return refusal
+        if not factory.per_client.try_acquire(key):
+            return Refusal(429, "too_many_connections", (("Retry-After", "1"),))
+        self._client_key = key
+        return self._admit(head)
 
     def _admit(self, head: RequestHead) -> Refusal | None:
         """Checks that need no credentials: Origin, then capacity."""
-        try:
-            origin = head.get("origin")
-        except ValueError:
-            return Refusal(403, "origin")
-        if not origin_allowed(origin, self.factory.origin_allow_list,
-                              allow_missing=self.factory.allow_missing_origin):
+        if self._allowed_origin(head) is False:
             return Refusal(403, "origin")
         if not self.factory.admit(self):
             return Refusal(503, "server_full", (("Retry-After", "5"),))
         self._admitted = True
         return None
 
+    def _allowed_origin(self, head: RequestHead) -> str | bool | None:
+        """
+        :returns: the normalised Origin when allowed, ``None`` when absent
+            and that is allowed, ``False`` when refused.
+        """
+        values = head.values("origin")
+        if len(values) > 1:
+            return False
+        origin = values[0] if values else None
+        if not origin_allowed(origin, self.factory.origin_allow_list,
+                              allow_missing=self.factory.allow_missing_origin):
+            return False
+        return None if origin is None else str(parse_origin(origin))
+
+    def _handshake_request(self, head: RequestHead) -> HandshakeRequest:
+        self.tls_client_subject = peer_subject(self.transport)
+        return HandshakeRequest(
+            head=head, client=self.client, origin=head.get("origin"),
+            tls_client_subject=self.tls_client_subject,
+        )
+
     def onConnect(  # type: ignore[override]
         self, request: ConnectionRequest
     ) -> Deferred[str | None]:
         head = self._head
         assert head is not None
-        self.tls_client_subject = peer_subject(self.transport)
-        handshake = HandshakeRequest(
-            head=head, client=self.client, origin=head.get("origin"),
-            tls_client_subject=self.tls_client_subject,
-        )
-        authenticator = self.factory.authenticator
-        d: Deferred[Principal | None] = maybeDeferred(
-            authenticator.authenticate, handshake
-        )
+        d = self._authenticate(self.factory.authenticator,
+                               self._handshake_request(head))
 
-        def decided(principal: object) -> str | None:
+        def decided(principal: Principal) -> str | None:
+            self.principal = principal
+            return self._choose_subprotocol(request.protocols)
+
+        return d.addCallback(decided)
+
+    def _authenticate(self, authenticator: IAuthenticator,
+                      request: HandshakeRequest) -> Deferred[Principal]:
+        """
+        Run an authenticator, turning every way it can say no into a
+        refusal: ``None`` is 401 ``no_credentials``, AuthenticationFailed
+        401 with its reason, anything else (a crash, a wrong type) 500.
+        """
+        d: Deferred[Principal | None] = maybeDeferred(
+            authenticator.authenticate, request)
+        name = getattr(authenticator, "method", "?")
+
+        def decided(principal: object) -> Principal:
             if principal is None:
                 self._deny(Refusal(401, "no_credentials"))
             if not isinstance(principal, Principal):
                 _log.error(
                     "authenticator {method} returned a {kind}, not a Principal; "
-                    "handshake refused", event="handshake",
-                    method=getattr(authenticator, "method", "?"),
+                    "refused", event="handshake", method=name,
                     kind=type(principal).__name__,
                 )
                 self._deny(Refusal(500, "auth_error"))
-            self.principal = principal
-            return self._choose_subprotocol(request.protocols)
+            return principal
 
-        def crashed(failure: Failure) -> None:
+        def failed(failure: Failure) -> Principal:
             if failure.check(_Denied):
                 failure.raiseException()
+            if failure.check(AuthenticationFailed):
+                error: AuthenticationFailed = failure.value  # type: ignore[assignment]
+                self.factory.count_auth_failure(error.method or name, error.reason)
+                self._deny(Refusal(401, error.reason), method=error.method or name)
             # The exception text may quote a credential: log its type only.
             _log.error(
-                "authenticator {method} failed with {error}; handshake refused",
-                event="handshake", method=getattr(authenticator, "method", "?"),
+                "authenticator {method} failed with {error}; refused",
+                event="handshake", method=name,
                 error=failure.type.__name__ if failure.type else "?",
             )
             self._deny(Refusal(500, "auth_error"))
 
-        return d.addCallbacks(decided, crashed)
+        return d.addCallbacks(decided, failed)
 
-    def _deny(self, refusal: Refusal) -> NoReturn:
+    def _deny(self, refusal: Refusal, method: str | None = None) -> NoReturn:
         self._pending_denial = refusal
+        self._denied_method = method
         raise _Denied(refusal)
 
     def _choose_subprotocol(self, offered: list[str]) -> str | None:
@@ -323,40 +403,109 @@ class SecureServerProtocol(WebSocketServerProtocol):
         self._refuse(refusal)
 
     def _refuse(self, refusal: Refusal) -> None:
+        self._respond(render_refusal(refusal.status, refusal.headers),
+                      "refused", refusal.status, refusal.reason)
+
+    def _respond(self, response: bytes, outcome: str, status: int,
+                 reason: str | None) -> None:
+        """Write a complete HTTP response (securews's bytes) and close."""
         if self.state == WebSocketProtocol.STATE_CLOSED:
             return
         self._release()
-        self._log_handshake("refused", refusal.reason, refusal.status)
-        self.factory.handshake_refused(refusal)
-        # A deliberate refusal, not a failure: keeps Autobahn from logging
+        self._log_handshake(outcome, reason, status)
+        self.factory.count_outcome(outcome, status)
+        # A deliberate answer, not a failure: keeps Autobahn from logging
         # a second, warning-level line about the drop.
         self.wasClean = True
-        self._transport.write(render_refusal(refusal.status, refusal.headers))
+        self._transport.write(response)
         self.dropConnection(abort=False)
+
+    # -- the ticket endpoint -----------------------------------------------
+
+    def _start_ticket_request(self, head: RequestHead) -> Refusal | None:
+        kind = inspect_ticket_request(head)
+        if isinstance(kind, Refusal):
+            return kind
+        origin = self._allowed_origin(head)
+        if origin is False:
+            return Refusal(403, "origin")
+        if isinstance(kind, Preflight):
+            if not isinstance(origin, str):
+                return Refusal(403, "origin")
+            self._ticket_started = True
+            self._respond(preflight_response(origin), "preflight", 204, None)
+            return None
+        self._ticket_origin = origin if isinstance(origin, str) else None
+        self._ticket_length = kind.length
+        return self._continue_ticket_request()
+
+    def _continue_ticket_request(self) -> Refusal | None:
+        head, length = self._head, self._ticket_length
+        assert head is not None
+        assert length is not None
+        body = self.data[head.size:head.size + length]
+        if len(body) < length:
+            return None
+        refusal = check_body(body)
+        if refusal is not None:
+            return refusal
+        self._ticket_started = True
+        factory = self.factory
+        store = factory.ticket_store
+        assert store is not None
+        assert factory.ticket_issuer is not None
+        d = self._authenticate(factory.ticket_issuer, self._handshake_request(head))
+        d.addCallback(lambda principal: store.issue(
+            principal, head.get("origin"), self.client))
+
+        def issued(ticket: str) -> None:
+            self._respond(
+                ticket_response(ticket, factory.config.auth.ticket.ttl,
+                                self._ticket_origin),
+                "ticket_issued", 201, None)
+
+        def refused(failure: Failure) -> None:
+            if failure.check(TicketRejected):
+                reason = failure.value.reason  # type: ignore[union-attr]
+                status, extra = (503, ()) if reason == "server_busy" else (
+                    429, (("Retry-After", str(math.ceil(store_ttl))),))
+                self._refuse(Refusal(status, reason, extra))
+            elif failure.check(_Denied):
+                self._refuse(failure.value.refusal)  # type: ignore[union-attr]
+            else:
+                _log.error("ticket issue failed with {error}", event="ticket",
+                           error=failure.type.__name__ if failure.type else "?")
+                self._refuse(Refusal(500, "internal_error"))
+
+        store_ttl = factory.config.auth.ticket.ttl
+        d.addCallbacks(issued, refused)
+        return None
 
     def _log_handshake(self, outcome: str, reason: str | None, status: int) -> None:
         """
-        One event per handshake.  Client text is logged only in normalised
-        form: the path only when it is the WebSocket path (``"other"``
+        One event per request.  Client text is logged only in normalised
+        form: the path only when it is one securews serves (``"other"``
         otherwise: a path can carry a token as well as a query can), the
         Origin only when it parses (``"invalid"`` otherwise).
         """
         head = self._head
         path = origin = None
         if head is not None:
-            expected = self.factory.config.server.path
-            path = head.path if head.path == expected else "other"
+            known = (self.factory.config.server.path, self.factory.ticket_path)
+            path = head.path if head.path in known else "other"
             values = head.values("origin")
             if len(values) == 1:
                 origin = _printable_origin(values[0])
             elif values:
                 origin = "invalid"
+        method = self._denied_method or (
+            self.principal.method if self.principal else None)
         _log.info(
             "handshake {outcome} {status} from {client} path={path} "
-            "origin={origin} reason={reason}",
+            "origin={origin} method={method} reason={reason}",
             event="handshake", outcome=outcome, status=status,
             client=self.client, path=path, origin=origin, reason=reason,
-            method=self.principal.method if self.principal else None,
+            method=method,
         )
 
     # -- session -----------------------------------------------------------

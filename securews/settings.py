@@ -104,6 +104,9 @@ class ServerSettings:
                 ) from None
             if network.prefixlen == 0:
                 raise ValueError(f"{entry!r} would trust every address")
+            if isinstance(network, ipaddress.IPv6Network) and (
+                    network.network_address.ipv4_mapped is not None):
+                raise ValueError(f"{entry!r}: write IPv4-mapped networks as IPv4")
 
     @property
     def trusted_networks(self) -> tuple[IPNetwork, ...]:

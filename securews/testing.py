@@ -21,6 +21,9 @@ def make_config(*, dev: bool = False,
     sections, e.g. ``make_config(tls={"cert": c, "key": k},
     origin={"allowed": ["https://app.example"]})``.
 
-    The same validation as a TOML file applies.
+    The same validation as a TOML file applies.  With ``dev=True`` and no
+    ``auth`` section, authentication is anonymous, as under ``--dev``.
     """
+    if dev and "auth" not in sections:
+        sections = {**sections, "auth": {"methods": ["anonymous"]}}
     return from_mapping(sections, source="make_config()", dev=dev)

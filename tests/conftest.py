@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,12 @@ import attrs
 import pytest
 import pytest_twisted
 import trustme
+import txaio
 from hypothesis import HealthCheck, settings
 from twisted.internet import reactor as global_reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
 
 from securews.factory import SecureServerFactory
 from securews.listening import listening_factory
@@ -25,6 +28,25 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("securews")
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    """Point Autobahn's timers (txaio's loop) at a Clock for the test."""
+    clock = Clock()
+    saved = txaio.config.loop
+    txaio.config.loop = clock
+    yield clock
+    txaio.config.loop = saved
+
+
+@pytest.fixture
+def events() -> Iterator[list[LogEvent]]:
+    """Every log event emitted during the test."""
+    captured: list[LogEvent] = []
+    globalLogPublisher.addObserver(captured.append)
+    yield captured
+    globalLogPublisher.removeObserver(captured.append)
 
 
 @attrs.frozen

@@ -26,6 +26,8 @@ from typing import Any, NoReturn, TypeVar
 import attrs
 import pytest
 from conftest import CertFiles
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.testing import MemoryReactor
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -51,6 +53,10 @@ PRODUCTION_CHOICES = {
     ("tls", "cert"),
     ("tls", "key"),
     ("origin", "allowed"),
+    ("auth.jwt", "key_file"),
+    ("auth.jwt", "issuer"),
+    ("auth.jwt", "audience"),
+    ("auth.cookie", "secret_file"),
 }
 
 
@@ -58,11 +64,35 @@ PRODUCTION_CHOICES = {
 
 
 def _sections() -> dict[str, type[Any]]:
-    """Every ``[section]`` the loader accepts, and its attrs class."""
-    # The loader's own table: what load() accepts is what must be shown.
-    sections = dict(securews.config._SECTIONS)
-    assert sections, "securews.config._SECTIONS moved; update this test"
-    return sections
+    """
+    Every table the loader accepts, nested ones (``auth.jwt``) included,
+    and its attrs class.
+    """
+    # The loader's own tables: what load() accepts is what must be shown.
+    nested = securews.config._NESTED
+    found: dict[str, type[Any]] = {}
+
+    def walk(name: str, cls: type[Any]) -> None:
+        found[name] = cls
+        for field in attrs.fields(cls):
+            if str(field.type) in nested:
+                walk(f"{name}.{field.name}", nested[str(field.type)])
+
+    for name, cls in securews.config._SECTIONS.items():
+        walk(name, cls)
+    assert found, "securews.config._SECTIONS moved; update this test"
+    return found
+
+
+def _table(document: dict[str, Any], dotted: str) -> dict[str, Any]:
+    for part in dotted.split("."):
+        document = document[part]
+    return document
+
+
+def _nested_names(cls: type[Any]) -> set[str]:
+    return {f.name for f in attrs.fields(cls)
+            if str(f.type) in securews.config._NESTED}
 
 
 def _example_with_certs(certs: CertFiles, directory: Path) -> Path:
@@ -76,6 +106,21 @@ def _example_with_certs(certs: CertFiles, directory: Path) -> Path:
             quoted = f'"{tls[key]}"'
             assert text.count(quoted) == 1, f"tls.{key} path is not unique"
             text = text.replace(quoted, f'"{replacement}"')
+    document = tomllib.loads(text)
+    key_file = directory / "jwt-public.pem"
+    key_file.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key().public_bytes(serialization.Encoding.PEM,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    secret_file = directory / "cookie-secret"
+    secret_file.write_bytes(b"s" * 48)
+    for original, replacement in (
+        (document["auth"]["jwt"]["key_file"], key_file),
+        (document["auth"]["cookie"]["secret_file"], secret_file),
+    ):
+        quoted = f'"{original}"'
+        assert text.count(quoted) == 1, f"{original} is not unique"
+        text = text.replace(quoted, f'"{replacement}"')
     copy = directory / "securews.toml"
     copy.write_text(text, encoding="utf-8")
     return copy
@@ -96,12 +141,13 @@ def test_example_documents_every_setting() -> None:
     with EXAMPLE.open("rb") as f:
         example = tomllib.load(f)
     sections = _sections()
-    assert sorted(example) == sorted(sections)
+    assert sorted(example) == sorted(n for n in sections if "." not in n)
     for name, cls in sections.items():
         keys = {field.name for field in attrs.fields(cls)}
-        missing = keys - set(example[name])
+        table = _table(example, name)
+        missing = keys - set(table)
         assert not missing, f"[{name}] does not document {sorted(missing)}"
-        assert set(example[name]) == keys
+        assert set(table) == keys
 
 
 def test_example_shows_defaults_except_production_choices() -> None:
@@ -109,8 +155,12 @@ def test_example_shows_defaults_except_production_choices() -> None:
     config = load(str(EXAMPLE))
     drifted = []
     for name, cls in _sections().items():
-        default, shown = cls(), getattr(config, name)
+        default, shown = cls(), config
+        for part in name.split("."):
+            shown = getattr(shown, part)
         for field in attrs.fields(cls):
+            if field.name in _nested_names(cls):
+                continue
             differs = getattr(shown, field.name) != getattr(default, field.name)
             if differs != ((name, field.name) in PRODUCTION_CHOICES):
                 drifted.append(f"{name}.{field.name}")
@@ -302,7 +352,8 @@ def _write_settings(directory: Path, certs: CertFiles, listen: str) -> Path:
     path.write_text(
         f'[server]\nlisten = "{listen}"\n\n'
         f'[tls]\ncert = "{certs.cert}"\nkey = "{certs.key}"\n\n'
-        f'[origin]\nallowed = ["{ORIGIN}"]\n',
+        f'[origin]\nallowed = ["{ORIGIN}"]\n\n'
+        '[auth]\nmethods = []\n',
         encoding="utf-8",
     )
     return path

@@ -158,7 +158,7 @@ def test_production_config_refuses_anonymous_clients(
     config.write_text(
         f'[server]\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
         f'[tls]\ncert = "{certs.cert}"\nkey = "{certs.key}"\n'
-        '[origin]\nallow_missing = true\n'
+        '[origin]\nallow_missing = true\n[auth]\nmethods = []\n'
     )
     start(servers, ["--config", str(config)], tmp_path)
     with pytest.raises(InvalidStatus) as info:
@@ -200,7 +200,8 @@ def bad_configs(tmp_path: Path, certs: CertFiles, ca: object) -> dict[str, str]:
     expired = write_cert(ca, tmp_path / "expired",  # type: ignore[arg-type]
                          not_after=__import__("datetime").datetime(2020, 1, 1))
     tls = f'[tls]\ncert = "{certs.cert}"\nkey = "{certs.key}"\n'
-    return {
+    no_auth = "[auth]\nmethods = []\n"
+    cases = {
         "unknown section": tls + "[sever]\nlisten = 'tcp:1'\n",
         "typo in key": tls + "[server]\nmax_conections = 5\n",
         "wrong type": tls + "[server]\nmax_connections = 'many'\n",
@@ -217,7 +218,11 @@ def bad_configs(tmp_path: Path, certs: CertFiles, ca: object) -> dict[str, str]:
         "unknown app": tls + "[server]\napp = 'no.such.module:App'\n",
         "plaintext without proxy": "[tls]\nenabled = false\n",
         "not toml": "[server\n",
+        "jwt without key": tls + "[auth]\nmethods = ['jwt']\n",
+        "anonymous outside dev": tls + "[auth]\nmethods = ['anonymous']\n",
     }
+    return {name: text if "[auth]" in text or name == "not toml" else no_auth + text
+            for name, text in cases.items()}
 
 
 EXPECTED = {
@@ -236,6 +241,8 @@ EXPECTED = {
     "unknown app": ("server.app", "cannot import"),
     "plaintext without proxy": ("tls.enabled", "trusted_proxies"),
     "not toml": ("", "not valid TOML"),
+    "jwt without key": ("auth.jwt.key_file", "must name a key file"),
+    "anonymous outside dev": ("auth.methods", "only allowed with --dev"),
 }
 
 

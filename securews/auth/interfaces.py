@@ -39,9 +39,10 @@ class AuthenticationFailed(Exception):
     ...), never the credential or text derived from it.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, method: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.method = method
 
 
 class TicketRejected(AuthenticationFailed):

@@ -1,0 +1,91 @@
+"""
+Authenticators from settings: ``auth.methods`` in order, each built from
+its own section, every key file read (and checked) once at startup.
+
+A method that is listed but not configured is a startup error, never a
+method that silently lets nobody (or everybody) in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from zope.interface.verify import verifyObject
+
+from securews.auth.anonymous import AnonymousAuthenticator, DenyAllAuthenticator
+from securews.auth.chain import ChainAuthenticator
+from securews.auth.interfaces import IAuthenticator, ITicketStore
+from securews.auth.tickets import InMemoryTicketStore, TicketAuthenticator, TicketBook
+from securews.config import Config
+
+__all__ = ["Authentication", "build_authentication"]
+
+
+@attrs.frozen
+class Authentication:
+    """
+    :ivar handshake: authenticates WebSocket handshakes.
+    :ivar ticket_store: where tickets live, when ``ticket`` is a method.
+    :ivar ticket_issuer: authenticates ``POST issue_path`` (the methods
+        other than ``ticket``), when ``ticket`` is a method.
+    """
+
+    handshake: IAuthenticator
+    ticket_store: ITicketStore | None = None
+    ticket_issuer: IAuthenticator | None = None
+
+
+def _cookie(config: Config, reactor: Any) -> IAuthenticator:
+    settings = config.auth.cookie
+    if settings.mode == "introspect":
+        from securews.auth.introspect import IntrospectingCookieAuthenticator
+
+        return IntrospectingCookieAuthenticator(settings, reactor)
+    from securews.auth.cookie import SignedCookieAuthenticator, load_cookie_secret
+
+    return SignedCookieAuthenticator(settings, load_cookie_secret(settings), reactor)
+
+
+def _jwt(config: Config, reactor: Any) -> IAuthenticator:
+    from securews.auth.jwt import JWTAuthenticator, load_jwt_key
+
+    return JWTAuthenticator(config.auth.jwt, load_jwt_key(config.auth.jwt), reactor)
+
+
+def build_authentication(config: Config, reactor: Any, *,
+                         ticket_store: ITicketStore | None = None) -> Authentication:
+    """
+    Build what ``config.auth`` asks for.
+
+    :param reactor: the reactor; also the clock for expiry checks.
+    :param ticket_store: a shared store (e.g. for several processes);
+        by default tickets live in this process's memory.
+    :raises ConfigError: for a listed method whose key or secret file is
+        missing or unusable.
+    """
+    methods = config.auth.methods
+    if not methods:
+        return Authentication(DenyAllAuthenticator())
+    builders = {"jwt": _jwt, "cookie": _cookie}
+    others: list[IAuthenticator] = []
+    for name in methods:
+        if name == "anonymous":
+            others.append(AnonymousAuthenticator())
+        elif name != "ticket":
+            others.append(builders[name](config, reactor))
+    for authenticator in others:
+        verifyObject(IAuthenticator, authenticator)
+    if "ticket" not in methods:
+        return Authentication(ChainAuthenticator(others))
+    if ticket_store is None:
+        settings = config.auth.ticket
+        ticket_store = InMemoryTicketStore(
+            TicketBook(ttl=settings.ttl, max_outstanding=settings.max_outstanding,
+                       bind_ip=settings.bind_ip), reactor)
+    ordered = [TicketAuthenticator(ticket_store) if name == "ticket"
+               else others.pop(0) for name in methods if name]
+    return Authentication(
+        ChainAuthenticator(ordered), ticket_store,
+        ChainAuthenticator([m for m in ordered if m.method != "ticket"]),
+    )

@@ -1,0 +1,322 @@
+"""
+Cookie authentication by asking the web application (``mode = "introspect"``).
+
+The handshake's Cookie header is forwarded verbatim in a ``GET`` to
+``auth.cookie.introspect_url`` over HTTPS with certificate and hostname
+verification, the way nginx's ``auth_request`` works.  ``200`` with a
+JSON object holding a non-empty string ``sub`` accepts; everything else
+refuses (fail closed, 401):
+
+* ``401``/``403``: ``"rejected"``;
+* any other status (redirects are not followed), a body that is not such
+  an object or is larger than ``max_body``: ``"introspection_error"``;
+* no complete answer within ``introspect_timeout`` seconds:
+  ``"introspection_timeout"``;
+* refused connection, DNS or TLS verification failure:
+  ``"introspection_unreachable"``.
+
+Accepted answers are cached for ``introspect_cache`` seconds in a bounded
+LRU keyed by the SHA-256 of the forwarded header.  Refusals are not
+cached, so a transient failure locks nobody out, and concurrent
+handshakes with the same header share one request.  The cookie is never
+logged and never kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+from zope.interface import implementer
+
+from securews.auth.interfaces import (
+    AuthenticationFailed,
+    HandshakeRequest,
+    IAuthenticator,
+    Principal,
+)
+from securews.config import ConfigError
+from securews.settings import CookieSettings
+
+__all__ = ["IntrospectingCookieAuthenticator"]
+
+_log = Logger(namespace="securews.auth")
+
+_URL_KEY = "auth.cookie.introspect_url"
+_CA_KEY = "auth.cookie.introspect_ca"
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+_UNREACHABLE = (ConnectError, DNSLookupError, SSL.Error, ResponseNeverReceived,
+                RequestTransmissionFailed)
+
+
+def _check_url(url: str) -> bytes:
+    """``introspect_url`` as the bytes Agent wants, or :class:`ConfigError`."""
+    if not url:
+        raise ConfigError("required when auth.cookie.mode is 'introspect'",
+                          key=_URL_KEY)
+    if not url.isascii() or re.search(r"[\x00-\x20\x7f#]", url):
+        raise ConfigError("must be ASCII with no spaces, control characters or "
+                          "fragment (percent-encode the rest)", key=_URL_KEY)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError:
+        raise ConfigError(f"{url!r} is not a valid URL", key=_URL_KEY) from None
+    if parts.scheme != "https":
+        raise ConfigError("must be an https:// URL", key=_URL_KEY)
+    if not parts.hostname:
+        raise ConfigError(f"{url!r} names no host", key=_URL_KEY)
+    if "@" in parts.netloc:
+        raise ConfigError("must not hold credentials (user@host)", key=_URL_KEY)
+    return url.encode("ascii")
+
+
+def _trust_root(path: str) -> object:
+    """
+    An ``IOpenSSLTrustRoot``: the CAs in PEM file ``path``, or the
+    system's when ``path`` is empty.
+    """
+    if not path:
+        return ssl.platformTrust()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path!r}: {e.strerror or e}",
+                          key=_CA_KEY) from None
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise ConfigError(f"{path!r} holds no PEM certificate", key=_CA_KEY)
+    try:
+        certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
+    except Exception:
+        raise ConfigError(f"{path!r} holds a certificate that does not parse",
+                          key=_CA_KEY) from None
+    root: object = ssl.trustRootFromCertificates(certificates)
+    return root
+
+
+def _has_cookie(headers: list[str], name: str) -> bool:
+    """Whether a Cookie header sets ``name`` to a non-empty value."""
+    for header in headers:
+        for pair in header.split(";"):
+            key, equals, value = pair.partition("=")
+            if equals and key.strip() == name and value.strip():
+                return True
+    return False
+
+
+def _refuse(reason: str, status: int | None = None,
+            cause: str | None = None) -> AuthenticationFailed:
+    """Log a refusal by category (never the cookie) and return its exception."""
+    _log.warn("cookie introspection refused: {reason} (status {status}, "
+              "cause {cause})", reason=reason, status=status, cause=cause)
+    return AuthenticationFailed(reason)
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """Twisted's, without two INFO events ("Starting factory") per handshake."""
+
+    noisy = False
+
+
+class _BoundedBody(Protocol):
+    """
+    Collects a response body of at most ``limit`` bytes into ``done``.
+
+    Beyond the limit it stops the transport (closing the connection) and
+    fails ``done`` with ``"introspection_error"``; cancelling ``done``
+    stops the transport too.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self._stop()
+            self.done.errback(_refuse("introspection_error", 200, "body_too_large"))
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            if reason.check(ResponseDone, PotentialDataLoss):
+                self.done.callback(b"".join(self.chunks))
+            else:
+                self.done.errback(reason)
+
+
+class _Discard(Protocol):
+    """Takes a refusal's body by closing the connection: nothing is buffered."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
+def _principal(body: bytes) -> Principal:
+    """The principal a 200 answer names, or ``"introspection_error"``."""
+    try:
+        claims = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _refuse("introspection_error", 200, "not_json") from None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    if not isinstance(sub, str) or not sub:
+        raise _refuse("introspection_error", 200, "no_sub")
+    return Principal(id=sub, method="cookie", claims=claims)
+
+
+def _classify(failure: Failure) -> Failure:
+    """Turn whatever went wrong into an :class:`AuthenticationFailed`."""
+    if failure.check(AuthenticationFailed):
+        return failure
+    inner = failure
+    if failure.check(ResponseNeverReceived, RequestTransmissionFailed):
+        reasons: list[Failure] = getattr(failure.value, "reasons", [])
+        inner = reasons[0] if reasons else failure
+    kind = inner.type
+    cause = f"{kind.__module__}.{kind.__qualname__}" if kind is not None else None
+    if inner.check(ConnectTimeout):
+        return Failure(_refuse("introspection_timeout", cause=cause))
+    if failure.check(*_UNREACHABLE):
+        return Failure(_refuse("introspection_unreachable", cause=cause))
+    return Failure(_refuse("introspection_error", cause=cause))
+
+
+@implementer(IAuthenticator)
+class IntrospectingCookieAuthenticator:
+    """
+    Authenticates the ``settings.name`` cookie by asking ``introspect_url``.
+
+    :param settings: ``[auth.cookie]``; ``mode`` is not looked at.
+    :param reactor: connects, and is the clock for the timeout and cache.
+    :param agent: the HTTP client (tests); by default an
+        :class:`~twisted.web.client.Agent` that verifies the server against
+        ``introspect_ca`` and does not follow redirects.
+    :param max_entries: bound on cached answers (least recently used go).
+    :param max_body: bound on an answer's body, in bytes.
+    :raises ConfigError: for a missing or bad URL, or an unreadable CA file.
+    """
+
+    method = "cookie"
+
+    def __init__(self, settings: CookieSettings, reactor: Any, *,
+                 agent: IAgent | None = None, max_entries: int = 10_000,
+                 max_body: int = 65_536) -> None:
+        self._url = _check_url(settings.introspect_url)
+        trust = _trust_root(settings.introspect_ca)
+        self._name = settings.name
+        self._reactor = reactor
+        self._ttl = settings.introspect_cache
+        self._timeout = settings.introspect_timeout
+        self._max_entries = max_entries
+        self._max_body = max_body
+        if agent is None:
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            pool._factory = _QuietClientFactory
+            agent = Agent(reactor, pool=pool, connectTimeout=self._timeout,
+                          contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
+        self._agent: IAgent = agent
+        self._cache: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._pending: dict[bytes, list[Deferred[Principal | None]]] = {}
+
+    def authenticate(self, request: HandshakeRequest) -> Deferred[Principal | None]:
+        values = request.head.values("cookie")
+        if not _has_cookie(values, self._name):
+            return succeed(None)
+        cookie = "; ".join(values).encode("latin-1")
+        key = hashlib.sha256(cookie).digest()
+        cached = self._lookup(key)
+        if cached is not None:
+            return succeed(cached)
+        waiter: Deferred[Principal | None] = Deferred()
+        if key in self._pending:
+            self._pending[key].append(waiter)
+        else:
+            self._pending[key] = [waiter]
+            self._ask(cookie).addBoth(self._settle, key)
+        return waiter
+
+    def _ask(self, cookie: bytes) -> Deferred[Principal]:
+        """One introspection request, bounded in time and size."""
+        headers = Headers({b"cookie": [cookie], b"accept": [b"application/json"]})
+        d: Deferred[Any] = maybeDeferred(self._agent.request, b"GET", self._url,
+                                         headers)
+        d.addCallback(self._read)
+        d.addTimeout(self._timeout, self._reactor, onTimeoutCancel=lambda _r, _t:
+                     Failure(_refuse("introspection_timeout")))
+        return d.addErrback(_classify)
+
+    def _read(self, response: IResponse) -> Deferred[Principal]:
+        if response.code == 200:
+            body = _BoundedBody(self._max_body)
+            response.deliverBody(body)
+            return body.done.addCallback(_principal)
+        response.deliverBody(_Discard())
+        raise _refuse("rejected" if response.code in (401, 403)
+                      else "introspection_error", response.code)
+
+    def _settle(self, result: Principal | Failure, key: bytes) -> None:
+        waiters = self._pending.pop(key, [])
+        if isinstance(result, Principal):
+            self._store(key, result)
+        for waiter in waiters:
+            if not waiter.called:  # a cancelled waiter has been called
+                if isinstance(result, Principal):
+                    waiter.callback(result)
+                else:
+                    waiter.errback(result)
+
+    def _lookup(self, key: bytes) -> Principal | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        expires, principal = entry
+        if self._reactor.seconds() >= expires:
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        return principal
+
+    def _store(self, key: bytes, principal: Principal) -> None:
+        if self._ttl <= 0:
+            return
+        self._cache[key] = (self._reactor.seconds() + self._ttl, principal)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
