@@ -122,3 +122,31 @@ async def test_peer_that_never_closes_tls_is_dropped(
     assert elapsed < 5
     assert factory.connection_count == 0
     assert factory.admitted == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_connection_from_one_client_gets_429(
+    certs: CertFiles, serve: Any
+) -> None:
+    """Per-client limits over real sockets: 429 with Retry-After, then 101 again."""
+    server = await serve(factory_for(
+        certs, ratelimit={"connections_per_ip": 1, "connect_burst": 3,
+                          "connect_rate": 0.01}))
+    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+
+    def run() -> list[object]:
+        seen: list[object] = []
+        with connect(server.url(), ssl=context, origin=ORIGIN):  # type: ignore[arg-type]
+            try:
+                connect(server.url(), ssl=context, origin=ORIGIN)  # type: ignore[arg-type]
+            except InvalidStatus as e:
+                seen += [e.response.status_code, e.response.headers["Retry-After"]]
+        with connect(server.url(), ssl=context, origin=ORIGIN):  # type: ignore[arg-type]
+            seen.append(101)
+        try:
+            connect(server.url(), ssl=context, origin=ORIGIN)  # type: ignore[arg-type]
+        except InvalidStatus as e:
+            seen += [e.response.status_code, e.response.headers["Retry-After"]]
+        return seen
+
+    assert await deferToThread(run) == [429, "1", 101, 429, "100"]
