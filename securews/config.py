@@ -25,6 +25,7 @@ from securews.settings import (
     JWTSettings,
     LimitsSettings,
     LogSettings,
+    MessagesSettings,
     OriginSettings,
     RateLimitSettings,
     ServerSettings,
@@ -40,6 +41,7 @@ __all__ = [
     "JWTSettings",
     "LimitsSettings",
     "LogSettings",
+    "MessagesSettings",
     "OriginSettings",
     "RateLimitSettings",
     "ServerSettings",
@@ -87,6 +89,7 @@ class Config:
     origin: OriginSettings = attrs.field(factory=OriginSettings)
     auth: AuthSettings = attrs.field(factory=AuthSettings)
     ratelimit: RateLimitSettings = attrs.field(factory=RateLimitSettings)
+    messages: MessagesSettings = attrs.field(factory=MessagesSettings)
     dev: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -101,6 +104,11 @@ class Config:
                 "tls.cert and tls.key are required when TLS is enabled",
                 key="tls.cert",
             )
+        if self.ratelimit.bytes_burst < self.limits.max_message_size:
+            raise ConfigError(
+                "must be at least limits.max_message_size, or a message of the "
+                "largest allowed size could never be accepted",
+                key="ratelimit.bytes_burst")
         if self.limits.max_frame_size > self.limits.max_message_size:
             raise ConfigError(
                 "must not exceed limits.max_message_size",
@@ -133,6 +141,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "origin": OriginSettings,
     "auth": AuthSettings,
     "ratelimit": RateLimitSettings,
+    "messages": MessagesSettings,
 }
 
 #: Tables inside tables: ``[auth.jwt]`` and friends.

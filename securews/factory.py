@@ -25,12 +25,14 @@ from twisted.logger import Logger
 
 from securews.auth.build import build_authentication
 from securews.auth.interfaces import IAuthenticator, ITicketStore
+from securews.compression import accept_offer, refuse_offers
 from securews.config import Config, from_mapping
 from securews.connlimit import ConnectionCounter
 from securews.logs import WireLogger
 from securews.origin import parse_allow_list
 from securews.protocol import SecureServerProtocol
 from securews.ratelimit import BucketTable
+from securews.validation import build_validator
 
 __all__ = ["SecureServerFactory"]
 
@@ -93,12 +95,15 @@ class SecureServerFactory(WebSocketServerFactory):
         self.ticket_issuer = ticket_issuer
         self.authenticator: IAuthenticator = authenticator
         self.ticket_path = config.auth.ticket.issue_path
+        self.validator = build_validator(config.messages)
         rates = config.ratelimit
         self.connect_rate = BucketTable(rates.connect_rate, rates.connect_burst,
                                         max_entries=MAX_TRACKED_CLIENTS)
         self.per_client = ConnectionCounter(rates.connections_per_ip)
+        self.pending_per_peer = ConnectionCounter(rates.connections_per_ip)
         self.outcomes: Counter[tuple[str, int]] = Counter()
         self.auth_failures: Counter[tuple[str, str]] = Counter()
+        self.closes: Counter[str] = Counter()
         self.origin_allow_list = parse_allow_list(config.origin.allowed)
         self.allow_missing_origin = config.origin.allow_missing or config.dev
         self.trusted_networks = config.server.trusted_networks
@@ -118,8 +123,11 @@ class SecureServerFactory(WebSocketServerFactory):
             allowNullOrigin=False,
             maxConnections=0,
             trustXForwardedFor=0,
+            autoPingInterval=0,
+            autoPingTimeout=0,
             serveFlashSocketPolicy=False,
-            perMessageCompressionAccept=lambda offers: None,
+            perMessageCompressionAccept=(accept_offer(limits.max_message_size)
+                                         if limits.compression else refuse_offers),
             echoCloseCodeReason=False,
             requireMaskedClientFrames=True,
             utf8validateIncoming=True,
@@ -171,6 +179,10 @@ class SecureServerFactory(WebSocketServerFactory):
 
     def count_auth_failure(self, method: str, reason: str) -> None:
         self.auth_failures[method, reason] += 1
+
+    def count_close(self, category: str) -> None:
+        """Count a session the server closed, by fixed category."""
+        self.closes[category] += 1
 
     @property
     def connection_count(self) -> int:

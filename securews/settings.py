@@ -24,6 +24,7 @@ __all__ = [
     "JWTSettings",
     "LimitsSettings",
     "LogSettings",
+    "MessagesSettings",
     "OriginSettings",
     "RateLimitSettings",
     "ServerSettings",
@@ -146,10 +147,23 @@ class LimitsSettings:
         default=65536, validator=[_positive, _at_most(128 * 2**20)])
     max_frame_size: int = attrs.field(
         default=65536, validator=[_positive, _at_most(128 * 2**20)])
+    compression: bool = False
     handshake_timeout: float = attrs.field(
         default=5.0, validator=[_positive, _at_most(300)])
     close_timeout: float = attrs.field(
         default=2.0, validator=[_positive, _at_most(300)])
+    idle_timeout: float = attrs.field(
+        default=300.0, validator=[_positive, _at_most(7 * 86400)])
+    ping_interval: float = attrs.field(
+        default=20.0, validator=[_positive, _at_most(3600)])
+    ping_timeout: float = attrs.field(
+        default=10.0, validator=[_positive, _at_most(3600)])
+    max_write_buffer: int = attrs.field(
+        default=1048576, validator=[_positive, _at_most(256 * 2**20)])
+    max_fragments: int = attrs.field(
+        default=128, validator=[_positive, _at_most(1_000_000)])
+    max_lifetime: float = attrs.field(
+        default=86400.0, validator=[_non_negative, _at_most(365 * 86400)])
 
 
 @attrs.frozen
@@ -269,8 +283,26 @@ class RateLimitSettings:
     connect_burst: int = attrs.field(
         default=20, validator=[_positive, _at_most(1_000_000)])
     ipv6_prefix: int = attrs.field(default=64)
+    messages_per_second: float = attrs.field(
+        default=50.0, validator=[_positive, _at_most(1_000_000)])
+    message_burst: int = attrs.field(
+        default=100, validator=[_positive, _at_most(10_000_000)])
+    bytes_per_second: float = attrs.field(
+        default=1048576.0, validator=[_positive, _at_most(2**34)])
+    bytes_burst: int = attrs.field(
+        default=2097152, validator=[_positive, _at_most(2**34)])
 
     @ipv6_prefix.validator
     def _check_prefix(self, a: attrs.Attribute[Any], value: int) -> None:
         if not 32 <= value <= 128:
             raise ValueError(f"must be between 32 and 128, got {value}")
+
+
+@attrs.frozen
+class MessagesSettings:
+    """``[messages]``: what a valid client message is."""
+
+    allow_binary: bool = True
+    format: str = attrs.field(default="any", validator=_one_of("any", "json"))
+    max_json_depth: int = attrs.field(default=32, validator=[_positive, _at_most(1000)])
+    schema: str = ""

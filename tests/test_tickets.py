@@ -104,17 +104,33 @@ def test_client_binding_can_be_switched_off() -> None:
     assert tickets.redeem("t1", ORIGIN, "198.51.100.9", now=1) == ALICE
 
 
-def test_outstanding_tickets_per_principal_are_capped() -> None:
-    """The (n+1)th live ticket is refused; spending or expiry frees a place."""
+def test_tickets_per_principal_are_capped_per_ttl() -> None:
+    """The (n+1)th ticket within ttl is refused, spent or not; expiry frees."""
     tickets = book(max_outstanding=2)
     tickets.issue("a", ALICE, ORIGIN, IP, now=0)
     tickets.issue("b", ALICE, ORIGIN, IP, now=0)
     assert rejected(lambda: tickets.issue("c", ALICE, ORIGIN, IP, now=1)) == "too_many"
     tickets.issue("d", Principal("bob", "jwt"), ORIGIN, IP, now=1)
     tickets.redeem("a", ORIGIN, IP, now=2)
-    tickets.issue("c", ALICE, ORIGIN, IP, now=2)
-    assert rejected(lambda: tickets.issue("e", ALICE, ORIGIN, IP, now=3)) == "too_many"
-    tickets.issue("e", ALICE, ORIGIN, IP, now=30)
+    assert rejected(lambda: tickets.issue("c", ALICE, ORIGIN, IP, now=2)) == "too_many"
+    tickets.issue("c", ALICE, ORIGIN, IP, now=30)
+
+
+def test_one_principal_cannot_fill_the_book_by_minting_and_spending() -> None:
+    """Mint-and-spend in a loop stays within max_outstanding per ttl."""
+    tickets = book(max_outstanding=5, max_tickets=50)
+    now, minted = 0.0, 0
+    for i in range(1000):
+        now += 0.1
+        try:
+            tickets.issue(f"t{i}", ALICE, ORIGIN, IP, now)
+        except TicketRejected:
+            continue
+        minted += 1
+        tickets.redeem(f"t{i}", ORIGIN, IP, now)
+        assert len(tickets) <= 10
+    assert minted <= 5 * (now / 30 + 1)
+    tickets.issue("other", Principal("bob", "jwt"), ORIGIN, IP, now)
 
 
 def test_book_is_bounded() -> None:

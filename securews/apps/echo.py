@@ -11,4 +11,4 @@ class EchoProtocol(SecureServerProtocol):
     """Sends each validated message back, text as text, binary as binary."""
 
     def onValidatedMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.sendMessage(payload, isBinary)  # type: ignore[no-untyped-call]
+        self.sendMessage(payload, isBinary)

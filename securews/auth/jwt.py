@@ -89,10 +89,15 @@ def _time(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-            not math.isfinite(value)):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthenticationFailed("malformed")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise AuthenticationFailed("malformed") from None
+    if not math.isfinite(seconds):
+        raise AuthenticationFailed("malformed")
+    return seconds
 
 
 def verify_token(token: str, keys: JWTKey, *, now: float, leeway: float,

@@ -105,9 +105,13 @@ class TicketBook:
                     del self._by_principal[entry.principal.id]
 
     def outstanding(self, principal_id: str, now: float) -> int:
-        """Unspent, unexpired tickets ``principal_id`` holds."""
+        """
+        Tickets ``principal_id`` was issued within the last ``ttl``, spent
+        or not: spending does not free a place, or one principal could
+        mint and spend in a loop and fill the book for everyone.
+        """
         held = self._by_principal.get(principal_id, [])
-        held[:] = [e for e in held if not e.spent and e.expires > now]
+        held[:] = [e for e in held if e.expires > now]
         if not held:
             self._by_principal.pop(principal_id, None)
         return len(held)
@@ -117,9 +121,9 @@ class TicketBook:
         """
         Record ``ticket`` for ``principal``.
 
-        :raises TicketRejected: ``"too_many"`` when the principal already
-            holds ``max_outstanding`` live tickets; ``"server_busy"`` when
-            the book is full.
+        :raises TicketRejected: ``"too_many"`` when the principal was
+            issued ``max_outstanding`` tickets within the last ``ttl``;
+            ``"server_busy"`` when the book is full.
         """
         self.sweep(now)
         if self.outstanding(principal.id, now) >= self.max_outstanding:

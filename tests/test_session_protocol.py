@@ -1,0 +1,179 @@
+"""
+Session limits on the real protocol, in memory, on a Clock: heartbeats,
+idle and lifetime closes, throttling, fragments, sizes and validation.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from memory import handshake, make_factory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent
+
+from securews.auth.anonymous import AnonymousAuthenticator
+
+
+def open_session(clock: Clock, **sections: Any) -> tuple[Any, StringTransport]:
+    factory = make_factory(clock, AnonymousAuthenticator(), **sections)
+    proto, transport = handshake(factory)
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    transport.clear()
+    return proto, transport
+
+
+def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """A masked client frame of any length (all-zero mask)."""
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", first, 0x80 | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, n)
+    return header + b"\0\0\0\0" + payload
+
+
+def close_code(data: bytes) -> int | None:
+    """The code of the first close frame the server wrote, if any."""
+    i = 0
+    while i + 2 <= len(data):
+        opcode, length = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if length == 126:
+            length, i = struct.unpack("!H", data[i:i + 2])[0], i + 2
+        elif length == 127:
+            length, i = struct.unpack("!Q", data[i:i + 8])[0], i + 8
+        if opcode == 0x8:
+            return int(struct.unpack("!H", data[i:i + 2])[0])
+        i += length
+    return None
+
+
+def test_idle_session_is_closed_at_idle_timeout(clock: Clock) -> None:
+    """No data message for idle_timeout: close 1000, not a moment before."""
+    _proto, transport = open_session(clock, limits={
+        "idle_timeout": 30, "ping_interval": 1000})
+    clock.advance(29.9)
+    assert close_code(transport.value()) is None
+    clock.advance(0.2)
+    assert close_code(transport.value()) == 1000
+    assert b"idle timeout" in transport.value()
+
+
+def test_silent_peer_is_dropped_after_ping_timeout(
+    clock: Clock, events: list[LogEvent]
+) -> None:
+    """A ping at ping_interval; no answer by ping_timeout: TCP dropped."""
+    _proto, transport = open_session(clock, limits={
+        "ping_interval": 5, "ping_timeout": 2, "idle_timeout": 1000})
+    clock.advance(5)
+    assert transport.value()[0] == 0x89
+    clock.advance(1.9)
+    assert not transport.disconnected
+    clock.advance(0.2)
+    assert transport.disconnected
+    assert any(e.get("reason") == "dead_peer" for e in events)
+
+
+def test_pong_keeps_a_session_alive(clock: Clock) -> None:
+    """A peer answering pings is never dropped for being silent."""
+    proto, transport = open_session(clock, limits={
+        "ping_interval": 5, "ping_timeout": 2, "idle_timeout": 1000})
+    for _ in range(5):
+        clock.advance(5)
+        proto.dataReceived(frame(b"", opcode=0xA))
+    clock.advance(3)
+    assert not transport.disconnected
+
+
+def test_lifetime_closes_with_1001(clock: Clock) -> None:
+    """A session older than max_lifetime is closed 1001 'session lifetime'."""
+    _proto, transport = open_session(clock, limits={
+        "max_lifetime": 60, "idle_timeout": 1000, "ping_interval": 1000})
+    clock.advance(60)
+    assert close_code(transport.value()) == 1001
+    assert b"session lifetime" in transport.value()
+
+
+def test_message_flood_is_closed_1008(clock: Clock) -> None:
+    """Over message_burst messages at once: 1008 'rate limit exceeded'."""
+    proto, transport = open_session(clock, ratelimit={
+        "messages_per_second": 1, "message_burst": 5})
+    proto.dataReceived(b"".join(frame(b"x") for _ in range(10)))
+    assert close_code(transport.value()) == 1008
+    assert transport.value().count(b"\x81\x01x") == 5
+
+
+def test_byte_flood_is_closed_1008(clock: Clock) -> None:
+    """Bytes over bytes_burst at once: 1008."""
+    proto, transport = open_session(clock, ratelimit={
+        "bytes_per_second": 1000, "bytes_burst": 65536})
+    proto.dataReceived(frame(b"a" * 60000) + frame(b"b" * 60000))
+    assert close_code(transport.value()) == 1008
+
+
+def test_too_many_fragments_are_closed_1009(clock: Clock) -> None:
+    """A message in more than max_fragments frames: 1009."""
+    proto, transport = open_session(clock, limits={"max_fragments": 4})
+    data = frame(b"a", fin=False) + b"".join(
+        frame(b"a", opcode=0x0, fin=False) for _ in range(10))
+    proto.dataReceived(data)
+    assert close_code(transport.value()) == 1009
+
+
+def test_oversize_frame_is_closed_1009_from_its_header(clock: Clock) -> None:
+    """A frame header announcing more than max_frame_size: 1009 before its payload."""
+    proto, transport = open_session(clock, limits={
+        "max_frame_size": 1024, "max_message_size": 4096})
+    header = struct.pack("!BBH", 0x82, 0x80 | 126, 2000) + b"\0\0\0\0"
+    proto.dataReceived(header)
+    assert close_code(transport.value()) == 1009
+
+
+def test_oversize_fragmented_message_is_closed_1009(clock: Clock) -> None:
+    """Frames under the frame limit that add up past max_message_size: 1009."""
+    proto, transport = open_session(clock, limits={
+        "max_frame_size": 1024, "max_message_size": 2048})
+    proto.dataReceived(frame(b"a" * 1000, fin=False)
+                       + frame(b"a" * 1000, opcode=0, fin=False)
+                       + frame(b"a" * 1000, opcode=0))
+    assert close_code(transport.value()) == 1009
+
+
+@pytest.mark.parametrize(("sections", "data", "code"), [
+    ({}, frame(b"\xff\xfe"), 1007),
+    ({"messages": {"allow_binary": False}}, frame(b"\x00", opcode=0x2), 1003),
+    ({"messages": {"format": "json"}}, frame(b"{not json"), 1007),
+    ({"messages": {"format": "json", "max_json_depth": 3}},
+     frame(b"[[[[1]]]]"), 1007),
+])
+def test_invalid_messages_are_closed_and_not_delivered(
+    clock: Clock, sections: dict[str, Any], data: bytes, code: int
+) -> None:
+    """Bad UTF-8, refused binary, bad or too-deep JSON: closed, never echoed."""
+    proto, transport = open_session(clock, **sections)
+    proto.dataReceived(data)
+    assert close_code(transport.value()) == code
+    assert proto.factory.calls == [("open", proto.principal)]
+
+
+def test_valid_json_reaches_the_application(clock: Clock) -> None:
+    """A message that passes validation is delivered and echoed."""
+    proto, transport = open_session(clock, messages={"format": "json"})
+    proto.dataReceived(frame(b'{"a": [1, 2]}'))
+    assert proto.factory.calls[-1] == ("message", b'{"a": [1, 2]}', False)
+    assert close_code(transport.value()) is None
+
+
+def test_one_timer_per_session_not_per_message(clock: Clock) -> None:
+    """Messages do not add timers: the session keeps a single deadline."""
+    proto, _ = open_session(clock)
+    before = len(clock.getDelayedCalls())
+    for _ in range(50):
+        proto.dataReceived(frame(b"x"))
+    assert len(clock.getDelayedCalls()) == before
