@@ -177,3 +177,22 @@ def test_one_timer_per_session_not_per_message(clock: Clock) -> None:
     for _ in range(50):
         proto.dataReceived(frame(b"x"))
     assert len(clock.getDelayedCalls()) == before
+
+
+def test_unfinished_handshake_is_dropped_at_handshake_timeout(clock: Clock) -> None:
+    """A head dribbled a byte at a time is dropped once handshake_timeout passes."""
+    from memory import connect, request
+
+    factory = make_factory(clock, AnonymousAuthenticator(),
+                           limits={"handshake_timeout": 3})
+    proto, transport = connect(factory)
+    head = request()
+    for i in range(20):
+        proto.dataReceived(head[i:i + 1])
+        clock.advance(0.1)
+    clock.advance(0.9)
+    assert not (transport.disconnecting)
+    assert not (transport.disconnected)
+    # Autobahn's timers are batched into one-second buckets: allow one more.
+    clock.advance(1.1)
+    assert transport.disconnecting or transport.disconnected
