@@ -124,3 +124,13 @@ def handshake(factory: SecureServerFactory, **kw: Any) -> tuple[Any, StringTrans
     proto, transport = connect(factory)
     proto.dataReceived(request(**kw))
     return proto, transport
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    """The result of an already-fired Deferred; its failure is raised."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]

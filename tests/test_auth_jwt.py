@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from twisted.internet.defer import Deferred
+from memory import result_of
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -40,16 +40,6 @@ from securews.settings import CookieSettings, JWTSettings
 
 NOW = 1_700_000_000
 SECRET = b"0123456789abcdef0123456789abcdef-cookie"
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    """The result of an already-fired Deferred; its failure is raised."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 def head(query: str = "", *headers: tuple[str, str]) -> RequestHead:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from memory import result_of
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
@@ -32,16 +33,6 @@ from securews.handshake import RequestHead, read_head
 ALICE = Principal("alice", "cookie", {"role": "user"})
 ORIGIN = "https://app.example.com"
 IP = "203.0.113.5"
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    """The result of an already-fired Deferred; its failure is raised."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 def book(**kw: Any) -> TicketBook:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -24,6 +24,7 @@ from securews.auth.interfaces import (
     HandshakeRequest,
     IAuthenticator,
     Principal,
+    decided,
 )
 from securews.auth.jwt import JWTKey, VerificationKey, read_secret, verify_token
 from securews.handshake import RequestHead
@@ -96,11 +97,7 @@ class SignedCookieAuthenticator:
         self._clock = clock
 
     def authenticate(self, request: HandshakeRequest) -> Deferred[Principal | None]:
-        try:
-            principal = self.principal_for(request.head)
-        except AuthenticationFailed:
-            return fail()
-        return succeed(principal)
+        return decided(lambda: self.principal_for(request.head))
 
     def principal_for(self, head: RequestHead) -> Principal | None:
         """

@@ -9,12 +9,12 @@ arrives in one immutable :class:`HandshakeRequest`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import Attribute, Interface
 
 from securews.handshake import RequestHead
@@ -26,6 +26,7 @@ __all__ = [
     "ITicketStore",
     "Principal",
     "TicketRejected",
+    "decided",
 ]
 
 
@@ -43,6 +44,18 @@ class AuthenticationFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.method = method
+
+
+def decided(decide: Callable[[], Principal | None]) -> Deferred[Principal | None]:
+    """
+    Run a synchronous authenticator core as :meth:`IAuthenticator.authenticate`
+    expects: its principal (or ``None``) as a fired Deferred, an
+    :class:`AuthenticationFailed` as a failed one.
+    """
+    try:
+        return succeed(decide())
+    except AuthenticationFailed:
+        return fail()
 
 
 class TicketRejected(AuthenticationFailed):

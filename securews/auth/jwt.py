@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 import jwt
 from jwt.exceptions import InvalidSubjectError
 from jwt.types import Options
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -32,6 +32,7 @@ from securews.auth.interfaces import (
     HandshakeRequest,
     IAuthenticator,
     Principal,
+    decided,
 )
 from securews.auth.jwt_keys import JWTKey, VerificationKey, load_jwt_key, read_secret
 from securews.handshake import RequestHead
@@ -162,11 +163,7 @@ class JWTAuthenticator:
         self._clock = clock
 
     def authenticate(self, request: HandshakeRequest) -> Deferred[Principal | None]:
-        try:
-            principal = self.principal_for(request.head)
-        except AuthenticationFailed:
-            return fail()
-        return succeed(principal)
+        return decided(lambda: self.principal_for(request.head))
 
     def principal_for(self, head: RequestHead) -> Principal | None:
         """
