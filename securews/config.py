@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import attrs
 
 from securews.settings import (
+    AdminSettings,
+    AlertsSettings,
     AuthSettings,
     CookieSettings,
     JWTSettings,
@@ -34,6 +36,8 @@ from securews.settings import (
 )
 
 __all__ = [
+    "AdminSettings",
+    "AlertsSettings",
     "AuthSettings",
     "Config",
     "ConfigError",
@@ -90,6 +94,8 @@ class Config:
     auth: AuthSettings = attrs.field(factory=AuthSettings)
     ratelimit: RateLimitSettings = attrs.field(factory=RateLimitSettings)
     messages: MessagesSettings = attrs.field(factory=MessagesSettings)
+    admin: AdminSettings = attrs.field(factory=AdminSettings)
+    alerts: AlertsSettings = attrs.field(factory=AlertsSettings)
     dev: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -109,6 +115,9 @@ class Config:
                 "must be at least limits.max_message_size, or a message of the "
                 "largest allowed size could never be accepted",
                 key="ratelimit.bytes_burst")
+        if self.server.proxy_protocol and not self.server.trusted_proxies:
+            raise ConfigError("needs server.trusted_proxies: PROXY headers are "
+                              "believed only from them", key="server.proxy_protocol")
         if self.limits.max_frame_size > self.limits.max_message_size:
             raise ConfigError(
                 "must not exceed limits.max_message_size",
@@ -142,6 +151,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSettings,
     "ratelimit": RateLimitSettings,
     "messages": MessagesSettings,
+    "admin": AdminSettings,
+    "alerts": AlertsSettings,
 }
 
 #: Tables inside tables: ``[auth.jwt]`` and friends.

@@ -19,6 +19,8 @@ import attrs
 __all__ = [
     "AUTH_METHODS",
     "JWT_ALGORITHMS",
+    "AdminSettings",
+    "AlertsSettings",
     "AuthSettings",
     "CookieSettings",
     "JWTSettings",
@@ -92,6 +94,7 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = attrs.field(default=())
     shutdown_grace: float = attrs.field(
         default=10.0, validator=[_non_negative, _at_most(3600)])
+    proxy_protocol: bool = False
 
     @trusted_proxies.validator
     def _check_proxies(self, a: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -306,3 +309,21 @@ class MessagesSettings:
     format: str = attrs.field(default="any", validator=_one_of("any", "json"))
     max_json_depth: int = attrs.field(default=32, validator=[_positive, _at_most(1000)])
     schema: str = ""
+
+
+@attrs.frozen
+class AdminSettings:
+    """``[admin]``: the plain-HTTP metrics and health listener."""
+
+    listen: str = ""
+    allow_non_loopback: bool = False
+
+
+@attrs.frozen
+class AlertsSettings:
+    """``[alerts]``: traffic-spike warnings, counted per window, whole server."""
+
+    window: float = attrs.field(default=10.0, validator=[_positive, _at_most(3600)])
+    connect_attempts: int = attrs.field(default=500, validator=_positive)
+    auth_failures: int = attrs.field(default=50, validator=_positive)
+    denials: int = attrs.field(default=200, validator=_positive)
