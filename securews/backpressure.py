@@ -23,14 +23,22 @@ _MAX_LAYERS = 4
 
 
 def _queued(transport: Any) -> int:
+    # vars(), not getattr(): Twisted's TLS wrapper forwards unknown
+    # attributes to the transport beneath, which would be counted twice.
+    own = getattr(transport, "__dict__", {})
     total = 0
-    data = getattr(transport, "dataBuffer", None)
+    data = own.get("dataBuffer")
     if isinstance(data, bytes | bytearray | memoryview):
-        total += len(data) - int(getattr(transport, "offset", 0))
-        total += int(getattr(transport, "_tempDataLen", 0))
-    pending = getattr(transport, "_appSendBuffer", None)
+        total += len(data) - int(own.get("offset", 0))
+        total += int(own.get("_tempDataLen", 0))
+    pending = own.get("_appSendBuffer")
     if isinstance(pending, list):
         total += sum(len(chunk) for chunk in pending)
+    aggregator = own.get("_aggregator")
+    if aggregator is not None:
+        small = getattr(aggregator, "__dict__", {}).get("_buffer")
+        if isinstance(small, list):
+            total += sum(len(chunk) for chunk in small)
     return total
 
 

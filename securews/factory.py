@@ -23,12 +23,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from securews.alerts import AlertLogger
 from securews.auth.build import build_authentication
 from securews.auth.interfaces import IAuthenticator, ITicketStore
 from securews.compression import accept_offer, refuse_offers
 from securews.config import Config, from_mapping
 from securews.connlimit import ConnectionCounter
 from securews.logs import WireLogger
+from securews.metrics import Metrics
 from securews.origin import parse_allow_list
 from securews.protocol import SecureServerProtocol
 from securews.ratelimit import BucketTable
@@ -61,6 +63,7 @@ class SecureServerFactory(WebSocketServerFactory):
     :param ticket_issuer: with ``authenticator``: authenticates
         ``POST issue_path``; the ticket endpoint is off without it.
     :param reactor: the reactor, also the clock for the shutdown grace.
+    :ivar metrics: this server's :class:`~securews.metrics.Metrics`.
     """
 
     log = WireLogger("securews.factory")
@@ -107,18 +110,24 @@ class SecureServerFactory(WebSocketServerFactory):
         self.origin_allow_list = parse_allow_list(config.origin.allowed)
         self.allow_missing_origin = config.origin.allow_missing or config.dev
         self.trusted_networks = config.server.trusted_networks
+        self.alerts = AlertLogger(config.alerts, config.ratelimit.ipv6_prefix,
+                                  self.clock)
         self.open_sessions = 0
         self.admitted = 0
         self._connections: set[SecureServerProtocol] = set()
         self._drained: list[Deferred[None]] = []
+        self.metrics = Metrics(connections=lambda: len(self._connections),
+                               sessions=lambda: self.open_sessions,
+                               tickets=self._ticket_count)
         limits = config.limits
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             webStatus=False,
             failByDrop=False,
             maxFramePayloadSize=limits.max_frame_size,
             maxMessagePayloadSize=limits.max_message_size,
-            openHandshakeTimeout=limits.handshake_timeout,
-            closeHandshakeTimeout=limits.close_timeout,
+            # securews runs both timers itself, on the factory's clock.
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
             allowedOrigins=["*"],
             allowNullOrigin=False,
             maxConnections=0,
@@ -173,16 +182,28 @@ class SecureServerFactory(WebSocketServerFactory):
     def session_closed(self, proto: SecureServerProtocol) -> None:
         self.open_sessions -= 1
 
-    def count_outcome(self, outcome: str, status: int) -> None:
-        """Count an HTTP-level answer (for metrics; fixed label values)."""
+    def count_outcome(self, outcome: str, status: int, reason: str | None = None,
+                      seconds: float | None = None) -> None:
+        """
+        Count an HTTP-level answer (for metrics; fixed label values).
+
+        :param seconds: how long after the TCP accept it was given.
+        """
         self.outcomes[outcome, status] += 1
+        self.metrics.handshake(outcome, status, reason, seconds)
 
     def count_auth_failure(self, method: str, reason: str) -> None:
         self.auth_failures[method, reason] += 1
+        self.metrics.auth_failure(method, reason)
 
     def count_close(self, category: str) -> None:
         """Count a session the server closed, by fixed category."""
         self.closes[category] += 1
+        self.metrics.server_close(category)
+
+    def _ticket_count(self) -> int | None:
+        book = getattr(self.ticket_store, "book", None)
+        return None if book is None else len(book)
 
     @property
     def connection_count(self) -> int:

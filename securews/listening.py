@@ -18,6 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from securews.config import ConfigError
 from securews.factory import SecureServerFactory
+from securews.proxy_protocol import ProxyProtocolFactory
 from securews.tls import ServerTLSContext, server_context
 
 __all__ = ["ALLOWED_ENDPOINTS", "listening_factory", "server_endpoint"]
@@ -58,16 +59,33 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
 def listening_factory(factory: SecureServerFactory,
                       context: ServerTLSContext | None = None) -> IProtocolFactory:
     """
-    Wrap ``factory`` in securews's TLS layer, ready for ``endpoint.listen``.
+    Wrap ``factory`` in securews's TLS layer, ready for ``endpoint.listen``;
+    with ``server.proxy_protocol``, wrap that in the PROXY protocol layer,
+    which reads the header before TLS starts (TCP -> PROXY -> TLS ->
+    WebSocket; see :mod:`securews.proxy_protocol`).
 
     :param context: a prepared TLS context; by default one is built from
         ``factory.config.tls``.
     :returns: the TLS-wrapped factory, or ``factory`` itself when TLS is
         disabled (allowed only behind ``server.trusted_proxies``, which the
-        protocol then enforces per connection).
+        protocol then enforces per connection); either one inside a
+        :class:`~securews.proxy_protocol.ProxyProtocolFactory` when
+        ``server.proxy_protocol`` is on.
     """
-    if not factory.config.tls.enabled:
-        return factory
-    if context is None:
-        context = server_context(factory.config.tls)
-    return TLSMemoryBIOFactory(context, False, factory)
+    config = factory.config
+    wrapped: IProtocolFactory = factory
+    if config.tls.enabled:
+        if context is None:
+            context = server_context(config.tls)
+        wrapped = TLSMemoryBIOFactory(context, False, factory)
+    if not config.server.proxy_protocol:
+        return wrapped
+
+    def dropped(reason: str) -> None:
+        outcome = "timeout" if reason == "proxy_header_timeout" else "dropped"
+        factory.count_outcome(outcome, 0, reason)
+
+    return ProxyProtocolFactory(
+        wrapped, trusted=config.server.trusted_networks, clock=factory.clock,
+        timeout=config.limits.handshake_timeout, on_drop=dropped,
+    )

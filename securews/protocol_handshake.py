@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
@@ -35,6 +36,7 @@ from securews.client_address import client_address, network_key, peer_is_trusted
 from securews.handshake import HeadScanner, Refusal, RequestHead, route
 from securews.logs import WireLogger
 from securews.origin import OriginError, origin_allowed, parse_origin
+from securews.proxy_protocol import proxied_by
 from securews.refusal import render_refusal
 from securews.ticket_endpoint import (
     Preflight,
@@ -78,6 +80,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     log = WireLogger()
     _scanner: HeadScanner | None = None
     _reaper: IDelayedCall | None = None
+    _handshake_timer: IDelayedCall | None = None
     _head: RequestHead | None = None
     _handed_over = False
     _pending_denial: Refusal | None = None
@@ -88,6 +91,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _ticket_origin: str | None = None
     _ticket_started = False
     _admitted = False
+    _accepted_at: float | None = None
 
     def _choose_subprotocol(self, offered: list[str]) -> str | None:
         """Overridden by the session half, which knows the app's subprotocols."""
@@ -105,10 +109,18 @@ class HandshakeProtocol(WebSocketServerProtocol):
         self.peer_host = getattr(peer, "host", "") or "local"
         self.client = self.peer_host
         factory = self.factory
+        self._accepted_at = factory.clock.seconds()
         factory.connection_made(self)
         super().connectionMade()
+        # securews's own timer: Autobahn's rounds deadlines down to a whole
+        # second (txaio's batched timer), cutting short timeouts by up to 1 s.
+        self._handshake_timer = factory.clock.callLater(
+            factory.config.limits.handshake_timeout, self._handshake_expired)
         trusted = self._from_trusted_proxy()
-        if not factory.config.tls.enabled and not trusted:
+        # Plaintext needs a trusted TCP peer: the proxy itself, or a proxy
+        # that vouched for the client in a PROXY header.
+        via_proxy = trusted or proxied_by(self.transport) is not None
+        if not factory.config.tls.enabled and not via_proxy:
             _log.warn(
                 "plaintext connection from {client} refused: not a trusted proxy",
                 event="connection", client=self.client, outcome="refused",
@@ -127,10 +139,32 @@ class HandshakeProtocol(WebSocketServerProtocol):
                     "handshakes", event="connection", client=self.client,
                     outcome="refused", reason="too_many_pending",
                 )
-                factory.count_outcome("dropped", 0)
+                factory.count_outcome("dropped", 0, "too_many_pending")
                 self._transport.abortConnection()
 
+    def _handshake_expired(self) -> None:
+        """No complete upgrade (or ticket answer) within handshake_timeout."""
+        self._handshake_timer = None
+        if self.state == WebSocketProtocol.STATE_CONNECTING:
+            self.wasOpenHandshakeTimeout = True
+            self.wasNotCleanReason = "handshake timeout"
+            self.dropConnection(abort=True)
+
+    def _stop_handshake_timer(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_handshake_timer()
+        if reason.check(SSL.Error) and self._scanner is None:
+            # OpenSSL failed before any request byte was decrypted: a TLS
+            # handshake failure (no shared suite or version, a client that
+            # rejects the certificate, plain HTTP on the TLS port, ...).
+            self.factory.metrics.tls_failure()
+        elif getattr(self, "wasOpenHandshakeTimeout", False):
+            self.factory.count_outcome("timeout", 0, "handshake_timeout",
+                                       self._elapsed())
         try:
             super().connectionLost(reason)
         finally:
@@ -224,6 +258,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
         head = self._head = decision
         self.client = client_address(self.peer_host, head.values("x-forwarded-for"),
                                      factory.trusted_networks)
+        factory.alerts.record("connect_attempts", self.client)
         key = network_key(self.client, factory.config.ratelimit.ipv6_prefix)
         now = factory.clock.seconds()
         if not factory.connect_rate.take(key, now):
@@ -315,6 +350,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
             if failure.check(AuthenticationFailed):
                 error: AuthenticationFailed = failure.value  # type: ignore[assignment]
                 self.factory.count_auth_failure(error.method or name, error.reason)
+                self.factory.alerts.record("auth_failures", self.client)
                 self._deny(Refusal(401, error.reason), method=error.method or name)
             # The exception text may quote a credential: log its type only.
             _log.error(
@@ -337,7 +373,9 @@ class HandshakeProtocol(WebSocketServerProtocol):
             return
         super().succeedHandshake(res)
         if self.state == WebSocketProtocol.STATE_OPEN:
+            self._stop_handshake_timer()
             self._log_handshake("accepted", None, 101)
+            self.factory.count_outcome("accepted", 101, None, self._elapsed())
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:
@@ -363,7 +401,9 @@ class HandshakeProtocol(WebSocketServerProtocol):
             return
         self._release()
         self._log_handshake(outcome, reason, status)
-        self.factory.count_outcome(outcome, status)
+        self.factory.count_outcome(outcome, status, reason, self._elapsed())
+        if outcome == "refused" and status != 500:
+            self.factory.alerts.record("denials", self.client)
         # A deliberate answer, not a failure: keeps Autobahn from logging
         # a second, warning-level line about the drop.
         self.wasClean = True
@@ -430,6 +470,13 @@ class HandshakeProtocol(WebSocketServerProtocol):
         store_ttl = factory.config.auth.ticket.ttl
         d.addCallbacks(issued, refused)
         return None
+
+    def _elapsed(self) -> float | None:
+        """Seconds since the TCP accept (handshake latency, for metrics)."""
+        if self._accepted_at is None:
+            return None
+        now: float = self.factory.clock.seconds()
+        return now - self._accepted_at
 
     def _log_handshake(self, outcome: str, reason: str | None, status: int) -> None:
         """

@@ -27,6 +27,13 @@ __all__ = ["SessionProtocol"]
 
 _log = Logger(namespace="securews.session")
 POLICY = 1008
+#: Twisted's FileDescriptor.bufferSize: past it the transport pauses us.
+_TRANSPORT_BUFFER = 65536
+_FIXED_REASONS = {
+    1001: "going away", 1002: "protocol error", 1003: "unsupported data",
+    1007: "invalid payload", 1008: "policy violation", 1009: "message too big",
+    1011: "internal error",
+}
 
 
 class SessionProtocol(WebSocketServerProtocol):
@@ -37,6 +44,8 @@ class SessionProtocol(WebSocketServerProtocol):
     _guard: SessionGuard | None = None
     _timer: IDelayedCall | None = None
     _gate: WriteGate | None = None
+    _slow = False
+    _close_timer: IDelayedCall | None = None
 
     # -- application hooks -------------------------------------------------
 
@@ -87,16 +96,22 @@ class SessionProtocol(WebSocketServerProtocol):
         transport.registerProducer(self._gate, True)
         factory.session_opened(self)
         self._schedule()
-        self.onSessionOpen()
+        self._call_app(self.onSessionOpen)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._close_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._close_timer = None
         if not self._opened:
             return
         self._opened = False
         self.factory.session_closed(self)
+        # The code the session ended with: ours when we started the close.
+        by_server = self.closedByMe or (self.droppedByMe and not wasClean)
+        self.factory.metrics.session_closed(
+            self.localCloseCode if self.closedByMe else code,
+            "server" if by_server else "client")
         self.onSessionClose(wasClean, code, reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -107,19 +122,19 @@ class SessionProtocol(WebSocketServerProtocol):
     # -- messages ----------------------------------------------------------
 
     def onMessageFrameBegin(self, length: int) -> None:
-        with exact_message_size(self):
+        if self._perMessageCompress is None:
             super().onMessageFrameBegin(length)
+        else:
+            with exact_message_size(self):
+                super().onMessageFrameBegin(length)
         if self._guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
             self._act(self._guard.frame())
-
-    def onFrameData(self, payload: bytes) -> bool | None:
-        with exact_message_size(self):
-            return super().onFrameData(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         guard = self._guard
         if guard is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
+        self.factory.metrics.message_in(len(payload))
         verdict = guard.message(len(payload), self.factory.clock.seconds())
         if verdict is not None:
             self._act(verdict)
@@ -128,7 +143,28 @@ class SessionProtocol(WebSocketServerProtocol):
         if refusal is not None:
             self._act(Close(refusal.code, refusal.reason, refusal.category))
             return
-        self.onValidatedMessage(payload, isBinary)
+        self._call_app(self.onValidatedMessage, payload, isBinary)
+
+    def _call_app(self, hook: Any, *args: Any) -> None:
+        """Run an application hook; if it raises, close 1011 rather than go
+        on with a half-set-up session.  Only the exception type is logged."""
+        try:
+            hook(*args)
+        except Exception as e:
+            _log.error("application {hook} raised {error}; session closed",
+                       event="session_closed", hook=hook.__name__,
+                       error=type(e).__name__, reason="app_error")
+            self.factory.count_close("app_error")
+            if self.state == WebSocketProtocol.STATE_OPEN:
+                self.sendCloseFrame(code=1011, reasonUtf8=b"internal error",
+                                    isReply=False)
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int,
+                                   reason: str) -> None:
+        """Autobahn found a frame or message over the limits (it closes 1009)."""
+        if not self.failedByMe:
+            self.factory.count_close("too_big")
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     def sendMessage(self, payload: bytes, isBinary: bool = False,
                     fragmentSize: int | None = None, sync: bool = False,
@@ -136,13 +172,95 @@ class SessionProtocol(WebSocketServerProtocol):
         """Send a message; a peer that lets too much pile up is closed."""
         super().sendMessage(  # type: ignore[no-untyped-call]
             payload, isBinary, fragmentSize, sync, doNotCompress)
-        if buffered_bytes(self.transport) > self.factory.config.limits.max_write_buffer:
-            self._slow_consumer()
+        self.factory.metrics.message_out(len(payload))
+
+    def sendData(self, data: bytes, sync: bool = False,
+                 chopsize: int | None = None) -> None:
+        """
+        Every write (messages, prepared messages, pongs, pings, close
+        frames) passes here, so the queue limit covers them all.
+        """
+        super().sendData(data, sync, chopsize)
+        gate = self._gate
+        if gate is None or self._slow:
+            return
+        # Twisted pauses the producer (synchronously, inside write) once
+        # its buffer passes 64 KiB; until then, with a limit at least that
+        # large, the queue cannot be over the limit and needs no counting.
+        limit = self.factory.config.limits.max_write_buffer
+        if gate.paused or self.send_queue or limit < _TRANSPORT_BUFFER:
+            queued = buffered_bytes(self.transport) + sum(
+                len(chunk) for chunk, _ in self.send_queue)
+            if queued > limit:
+                self._slow_consumer()
+
+    def onPing(self, payload: bytes) -> None:
+        """
+        Pings are charged to the message bucket (a ping flood is a
+        message flood), and not answered while the peer is not reading.
+        """
+        guard = self._guard
+        if guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
+            verdict = guard.control(self.factory.clock.seconds())
+            if verdict is not None:
+                self._act(verdict)
+                return
+        if not self.write_paused:
+            super().onPing(payload)
+
+    def onFrameData(self, payload: bytes) -> bool | None:
+        # Once we have started closing, data frames are skipped unread: no
+        # inflation, no assembly, nothing charged or delivered.
+        frame = self.current_frame
+        if (self.state != WebSocketProtocol.STATE_OPEN and frame is not None
+                and frame.opcode < 8):
+            return None
+        if self._perMessageCompress is None:
+            return super().onFrameData(payload)
+        with exact_message_size(self):
+            return super().onFrameData(payload)
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        """Send a close frame; a peer that does not answer within
+        close_timeout loses its TCP connection (securews's timer: Autobahn's
+        rounds to whole seconds)."""
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if (self._close_timer is None and not isReply
+                and self.state == WebSocketProtocol.STATE_CLOSING):
+            self._close_timer = self.factory.clock.callLater(
+                self.factory.config.limits.close_timeout, self._close_expired)
+
+    def _close_expired(self) -> None:
+        self._close_timer = None
+        if self.state != WebSocketProtocol.STATE_CLOSED:
+            self.wasServerConnectionDropTimeout = True
+            self.dropConnection(abort=True)
+
+    def _protocol_violation(self, reason: str) -> bool:
+        """Close 1002 and stop reading: the rest of a bad frame (say, a
+        control frame announcing gigabytes) is never buffered."""
+        self._fail_connection(1002, reason)
+        self.dropConnection(abort=False)
+        self.data = b""
+        return True
+
+    def _invalid_payload(self, reason: str) -> bool:
+        self._fail_connection(1007, reason)
+        self.dropConnection(abort=False)
+        self.data = b""
+        return True
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """Autobahn's reasons name the library and its limits: send a fixed
+        text per close code instead."""
+        super()._fail_connection(code, _FIXED_REASONS.get(code, "connection failed"))
 
     def _slow_consumer(self) -> None:
         """Close 1008 and abort at once: the peer is not reading, so the
         close frame would only queue behind the rest; aborting frees the
         buffers now."""
+        self._slow = True
         self._log_session("slow_consumer", POLICY)
         self.sendCloseFrame(code=POLICY, reasonUtf8=b"slow consumer", isReply=False)
         self.factory.count_close("slow_consumer")

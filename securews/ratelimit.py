@@ -77,9 +77,12 @@ class TokenBucket:
             is never admitted; a cost of 0 always is.
         :raises ValueError: for a negative, infinite or NaN cost.
         """
-        _check_cost(cost)
-        if now > self.last:
-            self.tokens = self.level(now)
+        if not 0 <= cost < math.inf:
+            _check_cost(cost)
+        last = self.last
+        if now > last:
+            refilled = self.tokens + (now - last) * self.rate
+            self.tokens = refilled if refilled < self.burst else self.burst
             self.last = now
         if self.tokens >= cost:
             self.tokens -= cost

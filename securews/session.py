@@ -101,6 +101,13 @@ class SessionGuard:
             return Close(POLICY, "rate limit exceeded", "rate_limited")
         return None
 
+    def control(self, now: float) -> Close | None:
+        """A ping arrived: it costs one message token, like a message."""
+        self._last_traffic = now
+        if not self.messages.take(now):
+            return Close(POLICY, "rate limit exceeded", "rate_limited")
+        return None
+
     # -- time --------------------------------------------------------------
 
     def next_deadline(self) -> float:

@@ -99,11 +99,13 @@ def makeService(options: Options) -> IService:
 
     from securews.logs import make_observer
     from securews.service import build_service
+    from securews.systemd import Notifier
 
     try:
         config = options.settings(datetime.datetime.now(datetime.UTC))
         observer = make_observer(config.log)
-        service = build_service(config, reactor, observer=observer)
+        service = build_service(config, reactor, observer=observer,
+                                notifier=Notifier())
     except ConfigError as e:
         source = "--dev" if options["dev"] else options["config"]
         sys.stderr.write(f"securews: error: {e.at(source)}\n")

@@ -11,9 +11,11 @@ tickets (their key would live as long as the process, undoing forward
 secrecy), ECDH groups X25519, P-256 and P-384, ALPN ``http/1.1``, and the
 full certificate chain.
 
-Certificates and keys are read and checked here, once, so that a missing
+Certificates and keys are read and checked here, so that a missing
 file, a key that does not belong to the certificate or an expired
 certificate stops the server before it listens, with a one-line message.
+:meth:`ServerTLSContext.reload` reads them again (certificate renewal):
+the same checks, and a refusal leaves the context in use untouched.
 No sockets are opened here.
 """
 
@@ -236,7 +238,8 @@ def _build_context(settings: TLSSettings, creds: ServerCredentials) -> SSL.Conte
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLSContext:
     """
-    Creates server-side TLS connections from one checked context.
+    Creates server-side TLS connections from one checked context, which
+    :meth:`reload` can replace.
 
     :ivar credentials: what the current context serves; kept so the
         certificate's expiry can be reported.
@@ -246,6 +249,28 @@ class ServerTLSContext:
         self.settings = settings
         self.credentials = credentials
         self._context = _build_context(settings, credentials)
+
+    def reload(self, now: datetime.datetime) -> None:
+        """
+        Read the certificate, chain, key and client CA files again and use
+        them for new connections.
+
+        Connections already made keep the context they were made with;
+        nothing changes unless every check passes.
+
+        :param now: the current time, for the expiry check.
+        :raises ConfigError: naming the ``tls.*`` key and the problem; the
+            previous credentials stay in use.
+        """
+        credentials = load_credentials(self.settings, now=now)
+        try:
+            context = _build_context(self.settings, credentials)
+        except SSL.Error:
+            raise ConfigError(
+                f"OpenSSL refused the certificate in {self.settings.cert} or "
+                f"the key in {self.settings.key}", key="tls.cert",
+            ) from None
+        self.credentials, self._context = credentials, context
 
     def serverConnectionForTLS(
         self, tlsProtocol: TLSMemoryBIOProtocol

@@ -195,7 +195,10 @@ def _unit(path: Path) -> dict[str, dict[str, list[str]]]:
 
 
 SERVICE_DIRECTIVES = {
-    "Type": "simple",
+    "Type": "notify",
+    "NotifyAccess": "main",
+    "ExecReload": "/bin/kill -HUP $MAINPID",
+    "WatchdogSec": "30s",
     "ExecStart": "/opt/securews/bin/twistd --nodaemon --pidfile= securews "
                  "--config /etc/securews/securews.toml",
     "User": "securews",

@@ -9,12 +9,15 @@ import struct
 from typing import Any
 
 import pytest
-from memory import handshake, make_factory
+from memory import connect, handshake, make_factory, request
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent
 
 from securews.auth.anonymous import AnonymousAuthenticator
+from securews.factory import SecureServerFactory
+from securews.protocol import SecureServerProtocol
+from securews.testing import make_config
 
 
 def open_session(clock: Clock, **sections: Any) -> tuple[Any, StringTransport]:
@@ -181,8 +184,6 @@ def test_one_timer_per_session_not_per_message(clock: Clock) -> None:
 
 def test_unfinished_handshake_is_dropped_at_handshake_timeout(clock: Clock) -> None:
     """A head dribbled a byte at a time is dropped once handshake_timeout passes."""
-    from memory import connect, request
-
     factory = make_factory(clock, AnonymousAuthenticator(),
                            limits={"handshake_timeout": 3})
     proto, transport = connect(factory)
@@ -196,3 +197,66 @@ def test_unfinished_handshake_is_dropped_at_handshake_timeout(clock: Clock) -> N
     # Autobahn's timers are batched into one-second buckets: allow one more.
     clock.advance(1.1)
     assert transport.disconnecting or transport.disconnected
+
+
+# -- regressions from the in-session security review ----------------------------
+
+
+def test_ping_flood_is_a_message_flood(clock: Clock) -> None:
+    """Pings are charged to the message bucket: a flood of them is 1008."""
+    proto, transport = open_session(clock, ratelimit={
+        "messages_per_second": 1, "message_burst": 5})
+    proto.dataReceived(b"".join(frame(b"p", opcode=0x9) for _ in range(50)))
+    assert close_code(transport.value()) == 1008
+    assert transport.value().count(b"\x8a\x01p") == 5
+
+
+def test_oversized_control_frame_is_not_buffered(clock: Clock) -> None:
+    """A ping announcing gigabytes: 1002 and nothing more is read."""
+    proto, transport = open_session(clock)
+    header = struct.pack("!BBQ", 0x89, 0x80 | 127, 2**40) + b"\0\0\0\0"
+    proto.dataReceived(header + b"x" * 100_000)
+    assert close_code(transport.value()) == 1002
+    proto.dataReceived(b"x" * 1_000_000)
+    assert len(proto.data) < 1000
+    assert sum(len(c) for c in getattr(proto, "control_frame_data", None) or []) < 1000
+
+
+def test_data_after_our_close_is_not_delivered(clock: Clock) -> None:
+    """Once the server has sent its close, further messages are skipped."""
+    proto, transport = open_session(clock, ratelimit={
+        "messages_per_second": 1, "message_burst": 1})
+    proto.dataReceived(frame(b"a") + frame(b"b") + frame(b"c") + frame(b"d"))
+    assert close_code(transport.value()) == 1008
+    assert [c for c in proto.factory.calls if c[0] == "message"] == [
+        ("message", b"a", False)]
+
+
+def test_close_reasons_are_fixed_text(clock: Clock) -> None:
+    """Autobahn's own wording (library, limits) never reaches the client."""
+    proto, transport = open_session(clock, limits={
+        "max_frame_size": 1024, "max_message_size": 4096})
+    proto.dataReceived(struct.pack("!BBH", 0x82, 0x80 | 126, 2000) + b"\0\0\0\0")
+    sent = transport.value()
+    assert close_code(sent) == 1009
+    assert b"message too big" in sent
+    assert b"1024" not in sent
+    assert b"octets" not in sent
+
+
+class Crashing(SecureServerProtocol):
+    def onSessionOpen(self) -> None:
+        raise KeyError("app bug")
+
+
+def test_application_error_closes_1011(clock: Clock, events: list[LogEvent]) -> None:
+    """An exception in an application hook closes the session 1011."""
+    factory = SecureServerFactory(
+        make_config(tls={"cert": "/c", "key": "/k"}, origin={"allow_missing": True},
+                    auth={"methods": []}),
+        protocol=Crashing, authenticator=AnonymousAuthenticator(), reactor=clock)
+    proto, transport = connect(factory)
+    proto.dataReceived(request(origin=None))
+    assert close_code(transport.value().split(b"\r\n\r\n", 1)[1]) == 1011
+    assert any(e.get("error") == "KeyError" for e in events)
+    assert "app bug" not in repr([e for e in events if e.get("event")])

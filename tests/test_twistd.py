@@ -37,7 +37,8 @@ def free_port() -> int:
 def clean_env() -> dict[str, str]:
     """The environment minus anything that would load securews from source."""
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
+    for name in ("PYTHONPATH", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
     return env
 
 
