@@ -46,6 +46,7 @@ class SessionProtocol(WebSocketServerProtocol):
     _gate: WriteGate | None = None
     _slow = False
     _close_timer: IDelayedCall | None = None
+    _write_limit = 0
 
     # -- application hooks -------------------------------------------------
 
@@ -89,8 +90,13 @@ class SessionProtocol(WebSocketServerProtocol):
         # extension can overshoot the message budget (see compression.py).
         install_bounded_deflate(self, factory.config.limits.max_message_size)
         self._opened = True
+        # Looked up once: the per-message path reads them on every message.
+        self._now = factory.clock.seconds
+        self._metrics = factory.metrics
+        self._validate = factory.validator.validate
+        self._write_limit = factory.config.limits.max_write_buffer
         self._guard = SessionGuard(factory.config.limits, factory.config.ratelimit,
-                                   factory.clock.seconds())
+                                   self._now())
         self._gate = WriteGate(self)
         transport: Any = self.transport
         transport.registerProducer(self._gate, True)
@@ -116,7 +122,7 @@ class SessionProtocol(WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._guard is not None:
-            self._guard.traffic(self.factory.clock.seconds())
+            self._guard.traffic(self._now())
         super().dataReceived(data)
 
     # -- messages ----------------------------------------------------------
@@ -134,12 +140,13 @@ class SessionProtocol(WebSocketServerProtocol):
         guard = self._guard
         if guard is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
-        self.factory.metrics.message_in(len(payload))
-        verdict = guard.message(len(payload), self.factory.clock.seconds())
+        size = len(payload)
+        self._metrics.message_in(size)
+        verdict = guard.message(size, self._now())
         if verdict is not None:
             self._act(verdict)
             return
-        refusal = self.factory.validator.validate(payload, isBinary).refusal
+        refusal = self._validate(payload, isBinary).refusal
         if refusal is not None:
             self._act(Close(refusal.code, refusal.reason, refusal.category))
             return
@@ -172,7 +179,8 @@ class SessionProtocol(WebSocketServerProtocol):
         """Send a message; a peer that lets too much pile up is closed."""
         super().sendMessage(  # type: ignore[no-untyped-call]
             payload, isBinary, fragmentSize, sync, doNotCompress)
-        self.factory.metrics.message_out(len(payload))
+        if self._guard is not None:
+            self._metrics.message_out(len(payload))
 
     def sendData(self, data: bytes, sync: bool = False,
                  chopsize: int | None = None) -> None:
@@ -187,7 +195,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # Twisted pauses the producer (synchronously, inside write) once
         # its buffer passes 64 KiB; until then, with a limit at least that
         # large, the queue cannot be over the limit and needs no counting.
-        limit = self.factory.config.limits.max_write_buffer
+        limit = self._write_limit
         if gate.paused or self.send_queue or limit < _TRANSPORT_BUFFER:
             queued = buffered_bytes(self.transport) + sum(
                 len(chunk) for chunk, _ in self.send_queue)
@@ -201,7 +209,7 @@ class SessionProtocol(WebSocketServerProtocol):
         """
         guard = self._guard
         if guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
-            verdict = guard.control(self.factory.clock.seconds())
+            verdict = guard.control(self._now())
             if verdict is not None:
                 self._act(verdict)
                 return
