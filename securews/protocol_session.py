@@ -141,7 +141,9 @@ class SessionProtocol(WebSocketServerProtocol):
         if guard is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
         size = len(payload)
-        self._metrics.message_in(size)
+        metrics = self._metrics
+        metrics.messages_in += 1
+        metrics.bytes_in += size
         verdict = guard.message(size, self._now())
         if verdict is not None:
             self._act(verdict)
@@ -150,7 +152,10 @@ class SessionProtocol(WebSocketServerProtocol):
         if refusal is not None:
             self._act(Close(refusal.code, refusal.reason, refusal.category))
             return
-        self._call_app(self.onValidatedMessage, payload, isBinary)
+        try:
+            self.onValidatedMessage(payload, isBinary)
+        except Exception as e:
+            self._app_failed("onValidatedMessage", e)
 
     def _call_app(self, hook: Any, *args: Any) -> None:
         """Run an application hook; if it raises, close 1011 rather than go
@@ -158,13 +163,16 @@ class SessionProtocol(WebSocketServerProtocol):
         try:
             hook(*args)
         except Exception as e:
-            _log.error("application {hook} raised {error}; session closed",
-                       event="session_closed", hook=hook.__name__,
-                       error=type(e).__name__, reason="app_error")
-            self.factory.count_close("app_error")
-            if self.state == WebSocketProtocol.STATE_OPEN:
-                self.sendCloseFrame(code=1011, reasonUtf8=b"internal error",
-                                    isReply=False)
+            self._app_failed(hook.__name__, e)
+
+    def _app_failed(self, hook: str, error: Exception) -> None:
+        _log.error("application {hook} raised {error}; session closed",
+                   event="session_closed", hook=hook,
+                   error=type(error).__name__, reason="app_error")
+        self.factory.count_close("app_error")
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendCloseFrame(code=1011, reasonUtf8=b"internal error",
+                                isReply=False)
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int,
                                    reason: str) -> None:
@@ -180,7 +188,9 @@ class SessionProtocol(WebSocketServerProtocol):
         super().sendMessage(  # type: ignore[no-untyped-call]
             payload, isBinary, fragmentSize, sync, doNotCompress)
         if self._guard is not None:
-            self._metrics.message_out(len(payload))
+            metrics = self._metrics
+            metrics.messages_out += 1
+            metrics.bytes_out += len(payload)
 
     def sendData(self, data: bytes, sync: bool = False,
                  chopsize: int | None = None) -> None:

@@ -573,3 +573,40 @@ def test_sigterm_sends_stopping_then_drains_sessions(
         assert server.received == ["READY=1", "STOPPING=1"]
         assert pending(server.notify) == []
 
+
+
+def test_twistd_securews_itself_notifies_ready_watchdog_and_stopping(
+    tmp_path: Path,
+) -> None:
+    """The shipped command (twistd securews) speaks NOTIFY_SOCKET on its own."""
+    port = free_port()
+    notify_path = tmp_path / "notify"
+    sock = receiver_at(str(notify_path))
+    log = tmp_path / "server.log"
+    with sock, log.open("wb") as out:
+        proc = subprocess.Popen(
+            [TWISTD, "--nodaemon", "--pidfile=", "securews", "--dev",
+             "--state-dir", str(tmp_path / "state"),
+             "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env=server_env(NOTIFY_SOCKET=str(notify_path),
+                           WATCHDOG_USEC="400000"),
+        )
+        try:
+            seen: list[str] = []
+            deadline = time.monotonic() + DEADLINE
+            while "READY=1" not in seen or seen.count("WATCHDOG=1") < 2:
+                assert time.monotonic() < deadline, (seen, log.read_text())
+                time.sleep(0.05)
+                seen += pending(sock)
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=DEADLINE)
+            seen += pending(sock)
+            assert "STOPPING=1" in seen
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
