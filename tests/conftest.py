@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,22 @@ def events() -> Iterator[list[LogEvent]]:
     globalLogPublisher.addObserver(captured.append)
     yield captured
     globalLogPublisher.removeObserver(captured.append)
+
+
+def websocket_client_tls(cafile: object) -> ssl.SSLContext:
+    """
+    A TLS context for the ``websockets`` sync client, capped at TLS 1.2.
+
+    That client reads in a background thread while its main thread writes
+    the upgrade request; under TLS 1.3 the reader handles the server's
+    session tickets at the same moment on the same SSL object, which
+    Python's ssl module does not make safe, and about one connection in a
+    few hundred stalls.  TLS 1.3 itself is tested with single-threaded
+    clients in test_tls.py and test_proxy_protocol.py.
+    """
+    context = ssl.create_default_context(cafile=str(cafile))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 @attrs.frozen

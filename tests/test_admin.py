@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from conftest import CertFiles
+from conftest import CertFiles, websocket_client_tls
 from cryptography import x509
 from memory import (
     FixedAuthenticator,
@@ -135,7 +135,7 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 
 
 def tls_socket(certs: CertFiles, port: int) -> ssl.SSLSocket:
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    context = websocket_client_tls(certs.ca_cert)
     raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
@@ -271,7 +271,7 @@ async def test_scrape_after_scripted_run_shows_exact_counter_deltas(
                    "message_burst": 3, "messages_per_second": 0.01},
     )
     before = await deferToThread(scrape, run.admin_port)
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    context = websocket_client_tls(certs.ca_cert)
     url = f"wss://127.0.0.1:{run.port}/ws"
 
     def accepted() -> Samples:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import jwt
 import pytest
 import pytest_twisted
-from conftest import CertFiles
+from conftest import CertFiles, websocket_client_tls
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.threads import deferToThread
@@ -77,7 +76,7 @@ class Client:
     """Blocking calls, run in a thread while the reactor serves."""
 
     def __init__(self, certs: CertFiles, port: int) -> None:
-        self.context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        self.context = websocket_client_tls(certs.ca_cert)
         self.port = port
 
     def handshake(self, query: str = "", headers: dict[str, str] | None = None,

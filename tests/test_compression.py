@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import ssl
 import struct
 import types
 import zlib
@@ -27,7 +26,7 @@ from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateResponse,
 )
-from conftest import CertFiles
+from conftest import CertFiles, websocket_client_tls
 from hypothesis import given
 from hypothesis import strategies as st
 from memory import ORIGIN, connect, make_factory, request
@@ -644,7 +643,7 @@ async def test_websockets_client_negotiates_and_is_refused_a_bomb(
     factory = SecureServerFactory(config, authenticator=AnonymousAuthenticator())
     factory.setProtocolOptions(perMessageCompressionAccept=accept_offer(LIMIT))
     server = await serve(factory)
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    context = websocket_client_tls(certs.ca_cert)
 
     def client() -> tuple[str, list[str], int | None]:
         with ws_connect(server.url(), ssl=context, origin=ORIGIN,  # type: ignore[call-overload]

@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 import pytest
-from conftest import CertFiles
+from conftest import CertFiles, websocket_client_tls
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.testing import MemoryReactor
@@ -432,7 +432,7 @@ def activated(certs: CertFiles, tmp_path: Path) -> Iterator[Activated]:
 
 
 def _client_context(certs: CertFiles) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(certs.ca_cert))
+    return websocket_client_tls(certs.ca_cert)
 
 
 def test_socket_activated_server_runs_the_securews_handshake(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from conftest import CertFiles
+from conftest import CertFiles, websocket_client_tls
 from test_twistd import free_port
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import InvalidStatus
@@ -61,7 +60,7 @@ def test_embedded_example_serves_authenticated_clients(
     example: int, certs: CertFiles
 ) -> None:
     """The README's embedding example authenticates, greets and echoes."""
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    context = websocket_client_tls(certs.ca_cert)
     url = f"wss://127.0.0.1:{example}/greet"
     with connect(url, ssl=context,
                  additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
@@ -93,7 +92,7 @@ async def test_factory_from_keyword_settings_in_process(
     server = await serve(factory)  # type: ignore[operator]
 
     def client() -> object:
-        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        context = websocket_client_tls(certs.ca_cert)
         with connect(server.url(), ssl=context) as ws:
             ws.send("abc")
             return ws.recv(timeout=5)

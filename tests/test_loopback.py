@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest_twisted
-from conftest import CertFiles
+from conftest import CertFiles, websocket_client_tls
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -31,7 +31,7 @@ def factory_for(certs: CertFiles, **sections: Any) -> SecureServerFactory:
 
 
 def tls_socket(certs: CertFiles, port: int) -> ssl.SSLSocket:
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    context = websocket_client_tls(certs.ca_cert)
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
@@ -55,7 +55,7 @@ async def test_websockets_client_from_foreign_origin_gets_403(
 ) -> None:
     """A browser-like client from another site is refused before the upgrade."""
     server = await serve(factory_for(certs))
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    context = websocket_client_tls(certs.ca_cert)
 
     def attempt(origin: str) -> int:
         try:
@@ -132,7 +132,7 @@ async def test_second_connection_from_one_client_gets_429(
     server = await serve(factory_for(
         certs, ratelimit={"connections_per_ip": 1, "connect_burst": 3,
                           "connect_rate": 0.01}))
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    context = websocket_client_tls(certs.ca_cert)
 
     def run() -> list[object]:
         seen: list[object] = []

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import CertFiles, write_cert
+from conftest import CertFiles, websocket_client_tls, write_cert
 from test_twistd import clean_env
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -283,7 +283,7 @@ def peak_rss(server: Server, what: str) -> Iterator[Peak]:
 
 
 def context(server: Server) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(server.ca_cert))
+    return websocket_client_tls(server.ca_cert)
 
 
 def open_client(server: Server, **kw: object) -> ClientConnection:

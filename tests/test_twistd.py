@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CertFiles, write_cert
+from conftest import CertFiles, websocket_client_tls, write_cert
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -92,7 +92,7 @@ def start(servers: list[Server], args: list[str], cwd: Path) -> Server:
 
 
 def client_context(cafile: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(cafile))
+    return websocket_client_tls(cafile)
 
 
 def test_installed_plugin_is_listed_by_twistd(tmp_path: Path) -> None:
