@@ -6,7 +6,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import pytest
@@ -48,6 +48,14 @@ def events() -> Iterator[list[LogEvent]]:
     globalLogPublisher.addObserver(captured.append)
     yield captured
     globalLogPublisher.removeObserver(captured.append)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip on a developer machine without the tool; fail under CI, which
+    installs it (a skipped check must not pass for a green run)."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def websocket_client_tls(cafile: object) -> ssl.SSLContext:

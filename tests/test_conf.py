@@ -21,11 +21,11 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import pytest
-from conftest import CertFiles, websocket_client_tls
+from conftest import CertFiles, unavailable, websocket_client_tls
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.testing import MemoryReactor
@@ -283,14 +283,6 @@ def _systemd_analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ["systemd-analyze", *args], cwd=cwd, env=env, capture_output=True,
         text=True, timeout=60, check=False,
     )
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip on a developer machine without the tool; fail under CI, which
-    installs it (a skipped check must not pass for a green run)."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture

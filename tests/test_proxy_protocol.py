@@ -17,11 +17,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import CertFiles
+from conftest import CertFiles, unavailable
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -718,14 +718,6 @@ async def test_plaintext_from_an_untrusted_peer_is_still_dropped(serve: Any) -> 
 
 
 # -- the example proxy configurations -------------------------------------
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip on a developer machine without the tool; fail under CI, which
-    installs it (a skipped check must not pass for a green run)."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def tool(name: str) -> str:
