@@ -47,6 +47,7 @@ class SessionProtocol(WebSocketServerProtocol):
     _slow = False
     _close_timer: IDelayedCall | None = None
     _write_limit = 0
+    logOctets: bool  # an Autobahn option, copied from the factory
 
     # -- application hooks -------------------------------------------------
 
@@ -121,9 +122,15 @@ class SessionProtocol(WebSocketServerProtocol):
         self.onSessionClose(wasClean, code, reason)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._guard is not None:
-            self._guard.traffic(self._now())
-        super().dataReceived(data)
+        guard = self._guard
+        if guard is None:
+            super().dataReceived(data)
+            return
+        guard.traffic(self._now())
+        if self.state != WebSocketProtocol.STATE_CLOSED:
+            # Autobahn's Twisted dataReceived only adds a debug log call
+            # whose arguments it formats eagerly, on every read.
+            self._dataReceived(data)
 
     # -- messages ----------------------------------------------------------
 
@@ -135,6 +142,19 @@ class SessionProtocol(WebSocketServerProtocol):
                 super().onMessageFrameBegin(length)
         if self._guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
             self._act(self._guard.frame())
+
+    def onMessageEnd(self) -> None:
+        """
+        Autobahn's, minus its per-message Deferred: it fires the
+        ``message`` event for listeners (``self.on("message", ...)``)
+        even when there are none, and securews registers none.
+        """
+        if self._listeners is not None or self.trackedTimings:
+            super().onMessageEnd()
+            return
+        if not self.failedByMe:
+            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         guard = self._guard
@@ -198,7 +218,16 @@ class SessionProtocol(WebSocketServerProtocol):
         Every write (messages, prepared messages, pongs, pings, close
         frames) passes here, so the queue limit covers them all.
         """
-        super().sendData(data, sync, chopsize)
+        if sync or chopsize or self.send_queue or self.logOctets:
+            super().sendData(data, sync, chopsize)
+        else:
+            # Autobahn's unqueued path, minus a debug log call whose
+            # arguments it formats eagerly, on every write.
+            self.transport.write(data)  # type: ignore[union-attr]
+            if self.state == WebSocketProtocol.STATE_OPEN:
+                self.trafficStats.outgoingOctetsWireLevel += len(data)
+            elif self.state == WebSocketProtocol.STATE_CONNECTING:
+                self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
         gate = self._gate
         if gate is None or self._slow:
             return

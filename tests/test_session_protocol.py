@@ -260,3 +260,43 @@ def test_application_error_closes_1011(clock: Clock, events: list[LogEvent]) -> 
     assert close_code(transport.value().split(b"\r\n\r\n", 1)[1]) == 1011
     assert any(e.get("error") == "KeyError" for e in events)
     assert "app bug" not in repr([e for e in events if e.get("event")])
+
+
+class Listening(SecureServerProtocol):
+    """Registers an Autobahn ``message`` listener, which securews's fast
+    path must still honour."""
+
+    def onSessionOpen(self) -> None:
+        self.heard: list[bytes] = []
+        self.on("message", lambda payload, is_binary: self.heard.append(payload))
+
+    def onValidatedMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.sendMessage(payload, isBinary)
+
+
+def test_message_listeners_still_fire(clock: Clock) -> None:
+    factory = SecureServerFactory(
+        make_config(tls={"cert": "/c", "key": "/k"}, origin={"allow_missing": True},
+                    auth={"methods": []}),
+        protocol=Listening, authenticator=AnonymousAuthenticator(), reactor=clock)
+    proto, transport = connect(factory)
+    proto.dataReceived(request(origin=None))
+    transport.clear()
+    proto.dataReceived(frame(b"one") + frame(b"two"))
+    assert proto.heard == [b"one", b"two"]
+    assert transport.value() == b"\x81\x03one\x81\x03two"
+
+
+def test_frames_split_across_reads_are_echoed_and_counted(clock: Clock) -> None:
+    """Byte-at-a-time delivery reassembles; Autobahn's wire counters still
+    count what securews writes and reads on its own fast path."""
+    proto, transport = open_session(clock)
+    data = frame(b"hello") + frame(b"x" * 300)
+    for i in range(len(data)):
+        proto.dataReceived(data[i:i + 1])
+    assert transport.value() == b"\x81\x05hello\x81\x7e\x01\x2c" + b"x" * 300
+    assert proto.factory.calls[-2:] == [("message", b"hello", False),
+                                        ("message", b"x" * 300, False)]
+    stats = proto.trafficStats
+    assert stats.incomingOctetsWireLevel == len(data)
+    assert stats.outgoingOctetsWireLevel == len(transport.value())
