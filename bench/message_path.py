@@ -30,10 +30,16 @@ Kinds:
 ``autobahn``
     Autobahn's ``WebSocketServerProtocol`` echoing in ``onMessage``, with
     the Autobahn options a ``SecureServerFactory`` sets.
+``autobahn-lean``
+    The same, plus the three shortcuts securews's session takes around
+    Autobahn's per-message debug logging and ``message`` event (see
+    ``securews.protocol_session``), and no controls: the ratio of
+    ``securews`` to this kind is the price of the controls alone.
 
-The ratio column is securews's instructions per message over bare
-Autobahn's: the per-message price of the controls on the CPU, without the
-TLS and kernel work that a real connection adds on top for both.
+The ratio columns are securews's instructions per message over each
+Autobahn kind's: what a securews message costs the CPU next to a bare
+Autobahn one, and the price of the controls alone, both without the TLS
+and kernel work that a real connection adds on top for every kind.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import sys
 import tempfile
 from typing import Any
 
-KINDS = ("autobahn", "securews", "securews-json")
+KINDS = ("autobahn", "autobahn-lean", "securews", "securews-json")
 
 
 def frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -101,7 +107,7 @@ def build(kind: str) -> Any:
     secure = SecureServerFactory(config, authenticator=AnonymousAuthenticator(),
                                  reactor=clock)
     factory: Any
-    if kind == "autobahn":
+    if kind.startswith("autobahn"):
         from autobahn.twisted.websocket import (
             WebSocketServerFactory,
             WebSocketServerProtocol,
@@ -111,8 +117,26 @@ def build(kind: str) -> Any:
             def onMessage(self, payload: bytes, isBinary: bool) -> None:
                 self.sendMessage(payload, isBinary)
 
+        class Lean(Echo):
+            def dataReceived(self, data: bytes) -> None:
+                self._dataReceived(data)
+
+            def onMessageEnd(self) -> None:
+                if not self.failedByMe:
+                    self.onMessage(b"".join(self.message_data),
+                                   self.message_is_binary)
+                self.message_data = None
+
+            def sendData(self, data: bytes, sync: bool = False,
+                         chopsize: int | None = None) -> None:
+                if sync or chopsize or self.send_queue:
+                    super().sendData(data, sync, chopsize)
+                else:
+                    self.transport.write(data)
+                    self.trafficStats.outgoingOctetsWireLevel += len(data)
+
         factory = WebSocketServerFactory()
-        factory.protocol = Echo
+        factory.protocol = Lean if kind == "autobahn-lean" else Echo
         options = {name: getattr(secure, name) for name in (
             "webStatus", "failByDrop", "maxFramePayloadSize",
             "maxMessagePayloadSize", "openHandshakeTimeout",
@@ -194,12 +218,12 @@ def main() -> None:
         per_message[kind] = (loaded - base) / args.messages
     print(f"instructions per {args.size}-byte echo "
           f"({args.messages} messages, in memory, no TLS):")
-    baseline = per_message.get("autobahn")
     for kind in kinds:
-        ratio = (f"  {per_message[kind] / baseline:5.2f}x autobahn"
-                 if baseline and kind != "autobahn" else "")
-        print(f"  {kind:15} {per_message[kind]:10,.0f}{ratio}")
-
+        ratios = "".join(
+            f"  {per_message[kind] / per_message[base]:5.2f}x {base}"
+            for base in ("autobahn", "autobahn-lean")
+            if base in per_message and kind.startswith("securews"))
+        print(f"  {kind:15} {per_message[kind]:10,.0f}{ratios}")
 
 if __name__ == "__main__":
     main()
