@@ -13,8 +13,10 @@ the input.  Decisions:
   (transient copies no bigger than the text) drop escapes, strings and all
   but brackets; a running count stops at the first excess.
 - Strict RFC 8259: ``NaN``/``Infinity``, overflowing floats, integers over
-  Python's 4300 digits and duplicate keys are refused, so an accepted
-  document is standard JSON that no other parser reads differently.
+  Python's 4300 digits, duplicate keys and escaped lone surrogates
+  (``"\\ud800"``, a string no UTF-8 encoder can write back) are refused,
+  so an accepted document is standard JSON that no other parser reads
+  differently.
 - Schemas: Draft 2020-12 unless ``$schema`` says otherwise; ``format`` only
   annotates; every ``$ref`` must resolve, at startup, inside the file or the
   bundled meta-schemas.  Nothing is ever fetched.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import codecs
 import json
 import math
+import re
 from itertools import accumulate, repeat
 from typing import Any, cast
 
@@ -91,6 +94,8 @@ _REFUSED = {category: Verdict(MessageRefusal(INVALID_PAYLOAD, "invalid message",
             for category in ("bad_utf8", "bad_json", "too_deep", "schema")}
 
 _DELTA = {"[": 1, "{": 1, "]": -1, "}": -1}
+# Any escaped surrogate; a pair decodes to one character, a lone one stays.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _ONLY_BRACKETS = dict.fromkeys((c for c in range(128) if chr(c) not in _DELTA), None)
 _CHUNK = 65536
 
@@ -153,6 +158,15 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
+def _has_lone_surrogate(document: Any) -> bool:
+    """Whether a decoded document holds a string that is not Unicode text."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return True
+    return False
+
+
 @attrs.frozen
 class MessageValidator:
     """``[messages]``, ready to judge messages; see :func:`build_validator`."""
@@ -180,6 +194,8 @@ class MessageValidator:
             return _REFUSED["bad_json"]
         except RecursionError:  # within the limit, yet near Python's stack
             return _REFUSED["too_deep"]
+        if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(document):
+            return _REFUSED["bad_json"]
         try:
             if self.schema is not None and not self.schema.is_valid(document):
                 return _REFUSED["schema"]

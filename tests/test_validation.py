@@ -144,11 +144,36 @@ def test_format_any_refuses_exactly_the_bytes_that_are_not_utf8(data: bytes) -> 
     ('{"hunter2": 1, "hunter2": 2}', "bad_json"),
     ('[{"a": {"b": {"c": 1}}}]', "too_deep"),
     ('{"hunter2": [[[[', "too_deep"),
+    (r'"\ud800"', "bad_json"),
+    (r'{"a": "x\uDC00"}', "bad_json"),
+    (r'{"\udbff": 1}', "bad_json"),
+    (r'["\ude00\ud83d"]', "bad_json"),
 ])
 def test_bad_json_is_refused_with_1007_without_echo(text: str, category: str) -> None:
     """Non-JSON, non-finite numbers, duplicate keys, too deep: 1007, fixed reason."""
     verdict = JSON.validate(text.encode("utf-8"), False)
     assert refused(verdict, 1007, category)
+
+
+_escapes = st.lists(st.one_of(
+    st.integers(0xD800, 0xDFFF).map(lambda u: f"\\u{u:04x}"),
+    st.integers(0, 0xFFFF).map(lambda u: f"\\u{u:04X}"),
+    st.sampled_from(["a", "\\\\", "\\n", "\u00e9"]),
+), max_size=6).map("".join)
+
+
+@given(st.lists(_escapes, min_size=1, max_size=3))
+def test_json_strings_pass_exactly_when_they_are_unicode_text(
+        strings: list[str]) -> None:
+    """Escaped surrogates pass in pairs only: a lone one is not text."""
+    text = "[" + ", ".join(f'"{s}"' for s in strings) + "]"
+    decoded = json.loads(text)
+    try:
+        "".join(decoded).encode("utf-8")
+    except UnicodeEncodeError:
+        assert refused(JSON.validate(text.encode("utf-8"), False), 1007, "bad_json")
+    else:
+        assert JSON.validate(text.encode("utf-8"), False).document == decoded
 
 
 @pytest.mark.parametrize(("text", "document"), [
@@ -157,6 +182,7 @@ def test_bad_json_is_refused_with_1007_without_echo(text: str, category: str) ->
     ('{"a": {"b": [1.5, -0.0, null, true, "\u00e9"]}}',
      {"a": {"b": [1.5, -0.0, None, True, "\u00e9"]}}),
     ("null", None),
+    (r'["\ud83d\ude00", "\\ud800"]', ["\U0001f600", "\\ud800"]),
 ])
 def test_valid_json_within_the_limit_is_parsed(text: str, document: object) -> None:
     """Brackets inside strings (with escaped quotes) do not count as nesting."""
