@@ -1,0 +1,238 @@
+"""
+The echo servers the benchmarks measure, one per process.
+
+Run by :class:`_harness.Server` as ``python bench/_servers.py KIND PORT
+CERT KEY`` (port 0 picks a free port); prints ``READY <port>`` once
+listening on 127.0.0.1, or ``FAILED <why>``, and runs until SIGINT.  Each
+process pins itself to the first CPU, raises its open-file limit to the
+hard limit, dies with its parent, and logs to ``KIND.log`` beside
+``CERT``.  Every kind serves ``/ws`` over TLS with the same certificate.
+
+``securews``
+    securews as deployed, through :func:`securews.service.build_service`
+    (what ``twistd securews`` runs, minus systemd): the built-in echo app;
+    JWT authentication (RS256, key ``jwt-public.pem`` beside ``CERT``,
+    ``iss`` and ``aud`` checked, token in the ``?token=`` query); Origin
+    allow-list ``https://app.bench.example``, a missing Origin refused;
+    every ``[limits]`` default (64 KiB messages and frames, heartbeat
+    every 20 s with a 10 s timeout, 300 s idle timeout, 1 MiB write-buffer
+    limit, 24 h lifetime, 5 s handshake timeout); ``[messages]`` defaults
+    (UTF-8 checked, binary allowed); the per-client connection limits at
+    their defaults (20 per address, 5/s, burst 20), which the benchmark
+    meets by giving every connection its own source address; only the
+    per-session message and byte rates raised (:data:`PEER_RATES`), since
+    one benchmark connection sends thousands of messages a second.  The
+    buckets are still charged for every message.  Logs: one INFO line per
+    handshake, text, to a file.
+``securews-on``, ``securews-min``
+    ``echo_overhead.py``'s kinds: anonymous authenticator, missing Origin
+    allowed, every rate raised to its maximum, heartbeat every second
+    (``-on``) or every rate-free timer at its maximum (``-min``).
+``autobahn``
+    Autobahn's ``WebSocketServerFactory`` and a plain echo protocol behind
+    securews's TLS context, with the Autobahn options a
+    ``SecureServerFactory`` sets (so only securews's session layer
+    differs from ``securews-on``).
+``autobahn-defaults``
+    The same with Autobahn's own defaults: no defences (no size limits,
+    no Origin check, no heartbeat, no authentication).
+``websockets``
+    ``websockets.asyncio.server.serve`` (asyncio's default event loop,
+    *not* uvloop) with an ``async for message in ws: await ws.send(message)``
+    handler and the library's defaults: 1 MiB ``max_size``, ping every
+    20 s with a 20 s timeout, ``max_queue`` 16, ``write_limit`` 32 KiB,
+    10 s open and close timeouts, no Origin check, permessage-deflate
+    offered (the picows client does not ask for it, so it is never used),
+    logging not configured.  TLS from the ``ssl`` module: a
+    ``PROTOCOL_TLS_SERVER`` context with the certificate and nothing else
+    changed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import _harness
+
+KINDS = ("securews", "securews-on", "securews-min", "autobahn",
+         "autobahn-defaults", "websockets")
+
+#: The peer benchmark's securews: per-session rates raised, nothing else.
+PEER_RATES = {
+    "messages_per_second": 100_000,
+    "message_burst": 100_000,
+    "bytes_per_second": 2**30,
+    "bytes_burst": 2**30,
+}
+
+#: echo_overhead.py's kinds: every rate at its maximum.
+OVERHEAD_RATES = {
+    "connections_per_ip": 100_000,
+    "connect_rate": 100_000,
+    "connect_burst": 1_000_000,
+    "messages_per_second": 1_000_000,
+    "message_burst": 10_000_000,
+    "bytes_per_second": 2**34,
+    "bytes_burst": 2**34,
+}
+
+OVERHEAD_LIMITS: dict[str, dict[str, object]] = {
+    "securews-on": {"ping_interval": 1.0},
+    "securews-min": {"ping_interval": 3600, "ping_timeout": 3600,
+                     "idle_timeout": 7 * 86400, "max_lifetime": 0},
+}
+
+
+def peer_config(port: int, cert: str, key: str, log_file: str) -> Any:
+    """The ``securews`` kind's settings (see the module docstring)."""
+    from securews.testing import make_config
+
+    return make_config(
+        server={"listen": f"tcp:{port}:interface=127.0.0.1",
+                "path": _harness.PATH, "app": "echo"},
+        tls={"cert": cert, "key": key},
+        log={"file": log_file},
+        origin={"allowed": [_harness.ORIGIN]},
+        auth={"methods": ["jwt"],
+              "jwt": {"algorithms": ["RS256"],
+                      "key_file": str(Path(cert).parent / _harness.JWT_PUBLIC),
+                      "issuer": _harness.JWT_ISSUER,
+                      "audience": _harness.JWT_AUDIENCE}},
+        ratelimit=PEER_RATES,
+    )
+
+
+def overhead_factory(kind: str, cert: str, key: str, log_file: str,
+                     reactor: Any) -> Any:
+    """``securews-on`` or ``securews-min``: a ``SecureServerFactory``."""
+    from securews import SecureServerFactory
+    from securews.auth.anonymous import AnonymousAuthenticator
+    from securews.testing import make_config
+
+    config = make_config(
+        server={"path": _harness.PATH},
+        tls={"cert": cert, "key": key},
+        log={"file": log_file},
+        origin={"allow_missing": True},
+        auth={"methods": []},  # replaced by the authenticator below
+        ratelimit=OVERHEAD_RATES,
+        limits=OVERHEAD_LIMITS[kind],
+        messages={"format": "any", "allow_binary": True},
+    )
+    return SecureServerFactory(config, authenticator=AnonymousAuthenticator(),
+                               reactor=reactor)
+
+
+def autobahn_factory(kind: str, cert: str, key: str, log_file: str,
+                     reactor: Any) -> Any:
+    """``autobahn`` or ``autobahn-defaults``, wrapped in securews's TLS."""
+    from autobahn.twisted.websocket import (
+        WebSocketServerFactory,
+        WebSocketServerProtocol,
+    )
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from securews.tls import server_context
+
+    class Echo(WebSocketServerProtocol):
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            self.sendMessage(payload, isBinary)  # type: ignore[no-untyped-call]
+
+    factory = WebSocketServerFactory(reactor=reactor)
+    factory.protocol = Echo
+    secure = overhead_factory("securews-on", cert, key, log_file, reactor)
+    if kind == "autobahn":
+        for name in WebSocketServerProtocol.CONFIG_ATTRS:
+            setattr(factory, name, getattr(secure, name))
+    return TLSMemoryBIOFactory(server_context(secure.config.tls), False, factory)
+
+
+def serve_twisted(kind: str, port: int, cert: str, key: str) -> None:
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from securews.logs import make_observer
+
+    log_file = str(Path(cert).parent / f"{kind}.log")
+
+    def ready(listening: Any) -> None:
+        print(f"READY {listening.getHost().port}", flush=True)
+
+    def failed(failure: Any) -> None:
+        print(f"FAILED {failure.getErrorMessage()}", flush=True)
+        reactor.stop()
+
+    if kind == "securews":
+        from securews.service import build_service
+
+        config = peer_config(port, cert, key, log_file)
+        globalLogBeginner.beginLoggingTo([make_observer(config.log)],
+                                         redirectStandardIO=False)
+        service = build_service(config, reactor)
+        service.startService()
+        waiting = service.listener._waitingForPort  # type: ignore[attr-defined]
+        waiting.addCallbacks(ready, failed)
+    else:
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+
+        from securews import listening_factory
+
+        if kind.startswith("securews"):
+            factory = overhead_factory(kind, cert, key, log_file, reactor)
+            observer = make_observer(factory.config.log)
+            wrapped = listening_factory(factory)
+        else:
+            log = open(log_file, "a")  # noqa: SIM115 -- open for the process's life
+            observer = textFileLogObserver(log)
+            wrapped = autobahn_factory(kind, cert, key, log_file, reactor)
+        globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+        endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+        endpoint.listen(wrapped).addCallbacks(ready, failed)
+    reactor.run()
+
+
+def serve_websockets(port: int, cert: str, key: str) -> None:
+    import asyncio
+    import signal
+    import ssl
+
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def main() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        stop = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGINT, stop.set_result, None)
+        async with serve(echo, "127.0.0.1", port, ssl=ctx) as server:
+            sock = next(iter(server.sockets))
+            print(f"READY {sock.getsockname()[1]}", flush=True)
+            await stop
+
+    asyncio.run(main())
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4 or argv[0] not in KINDS:
+        print(f"usage: _servers.py {{{','.join(KINDS)}}} PORT CERT KEY",
+              file=sys.stderr)
+        return 2
+    kind, port, cert, key = argv
+    _harness.die_with_parent()
+    _harness.pin_server()
+    _harness.raise_nofile()
+    if kind == "websockets":
+        serve_websockets(int(port), cert, key)
+    else:
+        serve_twisted(kind, int(port), cert, key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

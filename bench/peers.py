@@ -1,0 +1,507 @@
+"""
+securews against its peers: bare Autobahn and the ``websockets`` library.
+
+Run (3 to 5 minutes, depending on how fast the servers take handshakes;
+``--quick`` is a smoke check of everything in about 25 seconds; ``--help``
+for the knobs)::
+
+    python bench/peers.py [--quick] [--profile FILE]
+
+One run, one machine, three servers (``bench/_servers.py`` describes
+each exactly), each in its own process pinned to the first CPU, all
+serving ``wss://127.0.0.1`` with the same throwaway certificate (a
+trustme CA and an ECDSA P-256 leaf):
+
+``securews``
+    Every defence on, as ``twistd securews`` builds it: JWT (RS256,
+    ``iss``/``aud`` checked) in the ``?token=`` query, Origin allow-list,
+    heartbeat, idle and lifetime timers, size limits, UTF-8 validation,
+    write-buffer limit, per-client connection limits at their defaults,
+    one log line per handshake; only the per-session message and byte
+    rates raised (to 100,000 msg/s and 1 GiB/s) so that this load is
+    legal.
+``autobahn``
+    Autobahn's ``WebSocketServerFactory`` on Twisted with its own
+    defaults and a plain echo protocol, behind securews's TLS context:
+    no defences.  The baseline every securews figure is divided by.
+``websockets``
+    ``websockets.asyncio.server.serve`` with its defaults, on asyncio's
+    default event loop (not uvloop), TLS from the ``ssl`` module.
+
+The client is this process, pinned to the second CPU: picows (C frame
+parser and masking; asyncio's default loop and ``ssl`` for TLS).  Every
+connection sends ``Origin: https://app.bench.example`` and the JWT (all
+three servers get the same requests; only securews checks them) and
+comes from its own source address in 127.0.0.0/8, as if every connection
+were a different client: securews's per-address limits (20 connections,
+5 new per second) then stay at their defaults.
+
+Measured, in this order:
+
+idle memory
+    Per kind: open and close 20 connections (warm-up), wait for the
+    server's RSS (``VmRSS``) to settle, open ``--idle`` (5,000)
+    connections, at most ``--open-rate`` per second and 50 handshakes at
+    once, wait for the RSS to settle again, and divide the growth by the
+    count.  The connections send nothing; heartbeats (securews and
+    websockets ping every 20 s) may fall in the window and are answered.
+throughput
+    32-byte text and 16 KiB binary echo with 1 and 50 connections, each
+    connection keeping one message in flight; the kinds take turns in
+    ``--slice`` slices (after ``--warmup``) until each has run
+    ``--seconds``, so other programs' load falls on all of them alike.
+    Messages/s is the median of the slices.
+latency
+    ``--rate`` (1,000) 32-byte messages a second over 10 connections on
+    a fixed schedule; p50 and p99 of every round trip in the measured
+    slices, in milliseconds.
+new connections/s
+    ``--connectors`` (8) concurrent loops of TCP connect, full TLS
+    handshake (no resumption), WebSocket upgrade, close handshake and
+    TCP close; completed connections per second, in slices as above.
+
+Then one table: a row per figure, a column per server, and
+
+``sw/ab``
+    securews's figure divided by autobahn's (for latency and memory,
+    lower is better);
+``target``
+    throughput >= 0.90 x autobahn, memory per idle connection <= 1.15 x;
+``cpu/ab``
+    autobahn's server CPU time per message (or connection) divided by
+    securews's: 0.80 means securews spends 25 % more.  Steadier than
+    ``sw/ab`` on a busy machine, and what ``sw/ab`` tends to once the
+    servers are saturated;
+``cli%``
+    the client's CPU use, % of one CPU (the highest of the three kinds'
+    runs): below 100 the load generator was not the limit;
+``srv%``, ``wait%``
+    each server's CPU use, and the time it was runnable but waiting for
+    a CPU (other programs, or a virtual machine's scheduling);
+``other%``
+    every other program's CPU use (the highest of the three).
+
+Nothing is asserted; the exit status is 0 when everything ran.  Any
+refused handshake, unexpected close or lost echo stops the run.
+
+``--profile FILE`` finally samples one server (``--profile-kind``,
+default securews) with py-spy (``--nonblocking``, 250 Hz) during a
+32-byte, 1-connection echo load, or connection churn with
+``--profile-load connect``, for ``--profile-seconds``, and prints the
+shares of the samples by library and securews's own functions; FILE
+keeps the raw stacks (py-spy's ``raw`` format, for flamegraph.pl or
+speedscope).  On a loaded machine, most samples land on system calls
+(a preempted process is mostly caught on its way out of one); the
+securews shares are therefore given of the samples outside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import _harness
+from _harness import Addresses, Server, label
+from _loads import SETTLE, Load, PicowsLoad, Tally, alternate
+from _peerloads import ChurnLoad, IdleConnections, RateLoad, connect_and_close
+
+KINDS = ("securews", "autobahn-defaults", "websockets")
+#: Column headings.
+NAMES = {"securews": "securews", "autobahn-defaults": "autobahn",
+         "websockets": "websockets"}
+SECUREWS, BASELINE = "securews", "autobahn-defaults"
+THROUGHPUT_GOAL = 0.90
+MEMORY_GOAL = 1.15
+BUSY = 10.0
+WARMUP_CONNECTIONS = 20
+OPEN_CONCURRENCY = 50
+LATENCY_CONNECTIONS = 10
+PHASES = ("memory", "throughput", "latency", "connect")
+
+Out = Callable[[str], None]
+
+
+class Context:
+    """What every phase needs: the servers, TLS, the request, addresses."""
+
+    def __init__(self, running: dict[str, Server], ctx: ssl.SSLContext,
+                 token: str, args: argparse.Namespace) -> None:
+        self.running, self.ctx, self.args = running, ctx, args
+        self.query = f"token={token}"
+        self.headers = {"Origin": _harness.ORIGIN}
+        self.addresses = Addresses()
+        self.tls: dict[str, str] = {}
+
+    def url(self, kind: str) -> str:
+        return self.running[kind].url(self.query)
+
+    async def alternate(self, loads: Mapping[str, Load], seconds: float,
+                        what: str) -> dict[str, Tally]:
+        a = self.args
+        tallies = await alternate(loads, self.running, seconds=seconds,
+                                  slice_=a.slice, warmup=a.warmup, what=what)
+        for kind, load in loads.items():
+            self.tls.setdefault(kind, load.tls)
+        return tallies
+
+
+# -- the phases -------------------------------------------------------------------
+
+
+async def settled_rss(pid: int, limit: float = 20.0) -> int:
+    """The RSS once it has changed by < 64 KiB over one second (or ``limit`` s)."""
+    readings = [_harness.rss_bytes(pid)]
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        readings.append(_harness.rss_bytes(pid))
+        last = readings[-5:]
+        if len(last) == 5 and max(last) - min(last) < 65536:
+            break
+    return readings[-1]
+
+
+async def idle_memory(c: Context, kind: str, count: int) -> dict[str, float]:
+    server = c.running[kind]
+    conns = IdleConnections(c.url(kind), c.ctx, c.headers, c.addresses)
+    await conns.open(WARMUP_CONNECTIONS, c.args.open_rate, OPEN_CONCURRENCY)
+    await conns.close()
+    before = await settled_rss(server.pid)
+    try:
+        took = await conns.open(count, c.args.open_rate, OPEN_CONCURRENCY)
+        after = await settled_rss(server.pid)
+        still = conns.open_count()
+        if conns.errors or still != count or not server.alive():
+            raise RuntimeError(
+                f"{kind}, {count} idle connections: {still} still open; "
+                f"{conns.errors[:1] or 'server exited'}{server.stderr_tail()}")
+    finally:
+        await conns.close()
+    return {"per_conn": (after - before) / count, "before": before,
+            "after": after, "open_rate": count / took}
+
+
+async def memory_phase(c: Context, out: Out) -> dict[str, dict[str, float]]:
+    results = {}
+    for kind in c.running:
+        results[kind] = row = await idle_memory(c, kind, c.args.idle)
+        out(f"  memory {NAMES[kind]}: {row['before'] / 2**20:.1f} -> "
+            f"{row['after'] / 2**20:.1f} MiB with {c.args.idle} connections "
+            f"(opened {row['open_rate']:.0f}/s)")
+    return results
+
+
+def text_payload(size: int) -> bytes:
+    """``size`` bytes of ASCII; from 9 bytes on a JSON document."""
+    if size < 9:
+        return b"x" * size
+    return json.dumps({"n": "x" * (size - 9)}).encode()
+
+
+async def throughput_phase(c: Context, size: int, clients: int) -> dict[str, Tally]:
+    binary = size >= _harness.BINARY_FROM
+    payload = os.urandom(size) if binary else text_payload(size)
+    loads = {kind: PicowsLoad(c.url(kind), c.ctx, clients, payload, binary,
+                              headers=c.headers, addresses=c.addresses)
+             for kind in c.running}
+    return await c.alternate(loads, c.args.seconds, f"{label(size)} x{clients}")
+
+
+async def latency_phase(c: Context) -> dict[str, Tally]:
+    payload = text_payload(32)
+    loads = {kind: RateLoad(c.url(kind), c.ctx, LATENCY_CONNECTIONS, payload,
+                            c.args.rate, headers=c.headers, addresses=c.addresses)
+             for kind in c.running}
+    return await c.alternate(loads, c.args.latency_seconds, "latency")
+
+
+async def connect_phase(c: Context) -> dict[str, Tally]:
+    loads = {kind: ChurnLoad(c.url(kind), c.ctx, c.args.connectors,
+                             headers=c.headers, addresses=c.addresses)
+             for kind in c.running}
+    return await c.alternate(loads, c.args.connect_seconds, "new connections")
+
+
+async def profile_phase(c: Context, kind: str, path: Path, out: Out) -> None:
+    """Sample ``kind`` with py-spy under ``--profile-load``; summarise."""
+    import _profile
+
+    load: Load
+    if c.args.profile_load == "echo":
+        load = PicowsLoad(c.url(kind), c.ctx, 1, text_payload(32), False,
+                          headers=c.headers, addresses=c.addresses)
+        what, unit = "32B txt x1", "msg/s"
+    else:
+        load = ChurnLoad(c.url(kind), c.ctx, c.args.connectors,
+                         headers=c.headers, addresses=c.addresses)
+        what, unit = f"connection churn x{c.args.connectors}", "conn/s"
+    await load.connect()
+    try:
+        load.resume()
+        await asyncio.sleep(c.args.warmup)
+        before = load.count
+        started = time.monotonic()
+        await asyncio.to_thread(_profile.record, c.running[kind].pid,
+                                c.args.profile_seconds, path)
+        rate = (load.count - before) / (time.monotonic() - started)
+        await load.pause()
+        if load.errors:
+            raise RuntimeError(f"profile load: {load.errors[0]}")
+    finally:
+        await load.close()
+    out(f"profile of {NAMES[kind]} under {what} ({rate:.0f} {unit} while "
+        f"sampled), raw stacks in {path}:")
+    _profile.summarise(path.read_text(), out)
+
+
+# -- the table --------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+class Row:
+    """One line of the table: a figure per kind, and where it came from."""
+
+    def __init__(self, name: str, values: dict[str, float], digits: int,
+                 target: str = "", tallies: dict[str, Tally] | None = None) -> None:
+        self.name, self.values, self.digits = name, values, digits
+        self.target, self.tallies = target, tallies
+        self.ratio = values[SECUREWS] / values[BASELINE]
+
+    def met(self) -> bool:
+        goal = float(self.target[2:])
+        return self.ratio >= goal if self.target.startswith(">") else self.ratio <= goal
+
+
+def rows(c: Context, results: dict[str, Any]) -> list[Row]:
+    found = []
+    for (size, clients), tallies in results.get("throughput", {}).items():
+        name = (f"msg/s {size} B text" if size < _harness.BINARY_FROM
+                else f"msg/s {size // 1024} KiB binary")
+        found.append(Row(f"{name}, {clients} conn{'s' * (clients > 1)}",
+                         {k: t.row()["rate"] for k, t in tallies.items()}, 0,
+                         f">={THROUGHPUT_GOAL:.2f}", tallies))
+    if "latency" in results:
+        tallies = results["latency"]
+        for q in (50, 99):
+            found.append(Row(
+                f"RTT p{q} ms at {c.args.rate:.0f} msg/s",
+                {k: 1000 * percentile(t.samples, q) for k, t in tallies.items()},
+                2, "", tallies))
+    if "connect" in results:
+        tallies = results["connect"]
+        found.append(Row(f"new wss conn/s, {c.args.connectors} connectors",
+                         {k: t.row()["rate"] for k, t in tallies.items()}, 0,
+                         "", tallies))
+    if "memory" in results:
+        found.append(Row(
+            f"KiB per idle wss conn, {c.args.idle}",
+            {k: r["per_conn"] / 1024 for k, r in results["memory"].items()},
+            1, f"<={MEMORY_GOAL:.2f}"))
+    return found
+
+
+def report(c: Context, results: dict[str, Any], out: Out) -> None:
+    """The table described in the module docstring, then the verdicts."""
+    kinds = list(c.running)
+    head = (f"{'':<32}" + "".join(f"{NAMES[k]:>11}" for k in kinds)
+            + f"{'sw/ab':>7}{'target':>8}{'cpu/ab':>7}{'cli%':>6}"
+            + f"{'srv% sw/ab/ws':>15}{'wait%':>10}{'other%':>7}")
+    out(head)
+    out("-" * len(head))
+    busiest = 0.0
+    table = rows(c, results)
+    for row in table:
+        line = f"{row.name:<32}" + "".join(
+            f"{row.values[k]:>11.{row.digits}f}" for k in kinds)
+        line += f"{row.ratio:>7.2f}{row.target:>8}"
+        if row.tallies is None:
+            line += f"{'-':>7}{'-':>6}{'-':>15}{'-':>10}{'-':>7}"
+        else:
+            fig = {k: t.row() for k, t in row.tallies.items()}
+            busiest = max(busiest, *(f["other"] for f in fig.values()))
+            srv = "/".join(f"{fig[k]['server']:.0f}" for k in kinds)
+            wait = "/".join(f"{fig[k]['wait']:.0f}" for k in kinds)
+            line += (f"{fig[BASELINE]['us'] / fig[SECUREWS]['us']:>7.2f}"
+                     f"{max(f['client'] for f in fig.values()):>6.0f}"
+                     f"{srv:>15}{wait:>10}"
+                     f"{max(f['other'] for f in fig.values()):>7.0f}")
+        out(line)
+    out("")
+    for target in sorted({row.target for row in table if row.target}, reverse=True):
+        judged = [row for row in table if row.target == target]
+        worst = (min if target.startswith(">") else max)(judged, key=lambda r: r.ratio)
+        what = "throughput" if target.startswith(">") else "memory per idle connection"
+        out(f"target: securews {what} {target} x autobahn: "
+            f"{'MET' if all(r.met() for r in judged) else 'NOT MET'} "
+            f"(worst {worst.ratio:.2f}: {worst.name})")
+    for kind, tally in results.get("latency", {}).items():
+        achieved = tally.row()["rate"]
+        if achieved < 0.95 * c.args.rate:
+            out(f"note: the latency load reached only {achieved:.0f} msg/s "
+                f"against {NAMES[kind]}")
+    if busiest >= BUSY:
+        out(f"note: other programs used up to {busiest:.0f}% of a CPU during "
+            "the run (other%; wait%: a server runnable but not running); the "
+            "kinds took turns, so they share the disturbance, but the figures "
+            "are noisy: rerun on a quiet machine")
+
+
+# -- the run ------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
+              token: str, out: Out) -> None:
+    ctx = ssl.create_default_context(cafile=ca)
+    results: dict[str, Any] = {}
+    with _harness.servers(list(KINDS), cert, key) as running:
+        c = Context(running, ctx, token, args)
+        for kind in KINDS:  # refused or broken handshakes stop the run here
+            c.tls[kind] = await connect_and_close(
+                c.url(kind), ctx, c.headers, c.addresses)
+
+        def step(what: str, started: float) -> None:
+            print(f"  {what}: {time.monotonic() - started:.0f}s", file=sys.stderr)
+
+        if "memory" in args.phases:
+            started = time.monotonic()
+            results["memory"] = await memory_phase(c, out)
+            step("idle memory", started)
+        if "throughput" in args.phases:
+            results["throughput"] = {}
+            for size in args.size:
+                for clients in args.clients:
+                    started = time.monotonic()
+                    results["throughput"][size, clients] = await throughput_phase(
+                        c, size, clients)
+                    step(f"{label(size)} x{clients}", started)
+        if "latency" in args.phases:
+            started = time.monotonic()
+            results["latency"] = await latency_phase(c)
+            step("latency", started)
+        if "connect" in args.phases:
+            started = time.monotonic()
+            results["connect"] = await connect_phase(c)
+            step("new connections", started)
+        out("TLS negotiated: " + "; ".join(f"{NAMES[k]} {v}" for k, v in c.tls.items()))
+        out("")
+        report(c, results, out)
+        if args.profile is not None:
+            out("")
+            await profile_phase(c, args.profile_kind, args.profile, out)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="securews against bare Autobahn and websockets "
+                    "(see the module docstring).")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny durations and 200 idle connections: a smoke check")
+    p.add_argument("--seconds", type=float, default=4.0,
+                   help="measured seconds per kind and throughput load (4)")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="unmeasured seconds per kind and load (1)")
+    p.add_argument("--slice", type=float, default=0.5,
+                   help="seconds a kind runs per turn (0.5)")
+    p.add_argument("--clients", type=_ints, default=[1, 50],
+                   help="throughput connection counts (1,50)")
+    p.add_argument("--size", type=_ints, default=[32, 16384],
+                   help="throughput message sizes; below 1024 text (32,16384)")
+    p.add_argument("--rate", type=float, default=1000.0,
+                   help="latency load, messages per second (1000)")
+    p.add_argument("--latency-seconds", type=float, default=5.0,
+                   help="measured seconds per kind of the latency load (5)")
+    p.add_argument("--connectors", type=int, default=8,
+                   help="concurrent connection loops (8)")
+    p.add_argument("--connect-seconds", type=float, default=5.0,
+                   help="measured seconds per kind of connection churn (5)")
+    p.add_argument("--idle", type=int, default=5000,
+                   help="idle connections for the memory figure (5000)")
+    p.add_argument("--open-rate", type=float, default=1000.0,
+                   help="most idle connections opened per second (1000)")
+    p.add_argument("--phases", type=lambda s: s.split(","), default=list(PHASES),
+                   help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--profile", type=Path, metavar="FILE",
+                   help="finally profile securews with py-spy; raw stacks to FILE")
+    p.add_argument("--profile-seconds", type=float, default=10.0,
+                   help="seconds of sampling for --profile (10)")
+    p.add_argument("--profile-kind", choices=KINDS, default=SECUREWS,
+                   help="the server --profile samples (securews)")
+    p.add_argument("--profile-load", choices=("echo", "connect"), default="echo",
+                   help="--profile under 32-byte echo, 1 connection (echo), "
+                        "or connection churn (connect)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds = args.latency_seconds = args.connect_seconds = 0.25
+        args.warmup, args.slice, args.idle = 0.1, 0.25, 100
+        args.profile_seconds = min(args.profile_seconds, 2.0)
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        p.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    if (min(args.seconds, args.latency_seconds, args.connect_seconds, args.slice,
+            args.rate, args.open_rate) <= 0 or args.warmup < 0
+            or min(args.clients + args.size + [args.connectors, args.idle]) < 1):
+        p.error("durations, rates and counts must be positive")
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def estimate(args: argparse.Namespace) -> float:
+    """Seconds the run should take, roughly (150 handshakes/s assumed)."""
+    def phase(seconds: float) -> float:
+        slices = max(1, round(seconds / args.slice))
+        per_kind: float = args.warmup + slices * (args.slice + SETTLE + 0.05) + 0.5
+        return len(KINDS) * per_kind
+    total = 5.0
+    if "memory" in args.phases:
+        total += len(KINDS) * (args.idle / min(args.open_rate, 150) + 3)
+    if "throughput" in args.phases:
+        total += len(args.size) * len(args.clients) * phase(args.seconds)
+    if "latency" in args.phases:
+        total += phase(args.latency_seconds)
+    if "connect" in args.phases:
+        total += phase(args.connect_seconds)
+    return total + (args.profile_seconds + args.warmup if args.profile else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A SIGTERM still runs the ``finally`` blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(f"about {estimate(args):.0f}s", file=sys.stderr)
+    import picows
+
+    with tempfile.TemporaryDirectory(prefix="securews-peers-") as tmp:
+        cert, key, ca = _harness.make_certificate(Path(tmp))
+        token = _harness.make_jwt(Path(tmp))
+        print(_harness.versions())
+        print(f"NVX: {_harness.nvx_status()}")
+        print(f"{_harness.pin_client()}; client picows "
+              f"{getattr(picows, '__version__', '?')} on asyncio's default loop; "
+              f"open-file limit {_harness.raise_nofile()}")
+        try:
+            asyncio.run(run(args, cert, key, ca, token, print))
+        except KeyboardInterrupt:  # the servers are stopped by now
+            print("interrupted", file=sys.stderr)
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
