@@ -95,6 +95,8 @@ def peer_is_trusted(peer: str, trusted: Sequence[IPNetwork]) -> bool:
     Whether the TCP peer is a trusted proxy, by the same rule as
     :func:`client_address` (so ``::ffff:10.0.0.1`` is ``10.0.0.1``).
     """
+    if not trusted:  # the usual case: nothing to parse
+        return False
     ip = parse_forwarded_entry(peer)
     return ip is not None and _trusted(ip, trusted)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -218,6 +218,7 @@ class Metrics:
             registry=registry)
         self.messages_in = self.messages_out = 0
         self.bytes_in = self.bytes_out = 0
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         registry.register(_Live(self))
         if process:
             ProcessCollector(registry=registry)
@@ -230,26 +231,38 @@ class Metrics:
             self.certificate_expiry = (
                 lambda: context.credentials.leaf.not_valid_after_utc)
 
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """
+        ``metric.labels(*values)``, looked up once per label set:
+        prometheus_client validates and locks on every call.  Label values
+        are :func:`bounded`, so this table is too.
+        """
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     # -- events ------------------------------------------------------------
 
     def handshake(self, outcome: str, status: int, reason: str | None = None,
                   seconds: float | None = None) -> None:
         """A request was answered (or dropped), ``seconds`` after accept."""
         outcome = bounded(outcome, OUTCOMES)
-        self._handshakes.labels(outcome, bounded(status, STATUSES),
-                                bounded(reason, HANDSHAKE_REASONS)).inc()
+        self._child(self._handshakes, outcome, bounded(status, STATUSES),
+               bounded(reason, HANDSHAKE_REASONS)).inc()
         if seconds is not None:
-            self._latency.labels(outcome).observe(max(0.0, seconds))
+            self._child(self._latency, outcome).observe(max(0.0, seconds))
 
     def auth_failure(self, method: str, reason: str) -> None:
         """A credential of ``method`` was refused for ``reason``."""
-        self._auth_failures.labels(bounded(method, _METHODS),
-                                   bounded(reason, AUTH_REASONS)).inc()
+        self._child(self._auth_failures, bounded(method, _METHODS),
+               bounded(reason, AUTH_REASONS)).inc()
 
     def server_close(self, category: str) -> None:
         """securews closed (or dropped) a session for ``category``."""
         category = bounded(category, CLOSE_CATEGORIES)
-        self._server_closes.labels(category).inc()
+        self._child(self._server_closes, category).inc()
         if category == "dead_peer":
             self._ping_timeouts.inc()
         elif category == "slow_consumer":
@@ -257,9 +270,9 @@ class Metrics:
 
     def session_closed(self, code: int | None, initiator: str) -> None:
         """An open session ended with ``code`` (``None``: 1005, none given)."""
-        self._session_closes.labels(bounded(1005 if code is None else code,
-                                            CLOSE_CODES),
-                                    bounded(initiator, _INITIATORS)).inc()
+        self._child(self._session_closes,
+               bounded(1005 if code is None else code, CLOSE_CODES),
+               bounded(initiator, _INITIATORS)).inc()
 
     def tls_failure(self) -> None:
         """A connection failed its TLS handshake."""
