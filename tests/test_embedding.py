@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from conftest import CertFiles, websocket_client_tls
-from test_twistd import free_port
+from processes import free_port
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect

@@ -51,7 +51,7 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import CertFiles, websocket_client_tls, write_cert
-from test_twistd import clean_env
+from processes import clean_env
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 

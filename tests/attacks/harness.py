@@ -1,0 +1,455 @@
+"""
+The attack suite's tools: the servers' settings, a running ``twistd
+securews`` (:class:`Target`), a hand-driven client (:class:`Wire`), the
+well-behaved client (:class:`Bystander`) and the memory bounds.
+
+Memory bounds (growth of the server's peak RSS over its RSS before the
+attack; kernel socket buffers are not RSS):
+
+``SESSION_BOUND``
+    In-session attacks (oversized or compressed messages, fragments,
+    floods, dead and idle peers): ``2 x max_message_size + 10 MiB``, as
+    README documents.
+``SLOW_READER_BOUND``
+    A client that does not read: the server queues up to
+    ``max_write_buffer`` plus the message whose send crossed it, and TLS
+    and Twisted's write path each keep a transient copy of what they pass
+    on: ``2 x (max_write_buffer + max_message_size) + 10 MiB``.
+``handshake_bound(n)``
+    Attacks that never get a session (refused handshakes, slowloris,
+    header floods, bad TLS) with at most ``n`` attacking connections open
+    at once: ``10 MiB + n x (max_header_bytes + 64 KiB)``: each holds at
+    most one request head and a TLS connection's buffers.
+``sessions_bound(n)``
+    Connection floods that hold ``n`` open sessions:
+    ``10 MiB + n x 256 KiB`` (a TLS connection, a session and its
+    buffers; the flood's sessions do not negotiate compression).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import re
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jwt
+from conftest import websocket_client_tls
+from processes import TWISTD, Server
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin, Subprotocol
+
+KiB, MiB = 2**10, 2**20
+ORIGIN = "https://app.example.com"
+ISSUER, AUDIENCE = "https://id.example.com", "securews"
+
+# -- the settings under attack ---------------------------------------------------
+
+MAX_HEADER_BYTES = 8192
+MAX_HEADERS = 64
+MAX_MESSAGE = 1 * MiB
+MAX_FRAME = 256 * KiB
+MAX_FRAGMENTS = 16
+HANDSHAKE_TIMEOUT = 1.0
+CLOSE_TIMEOUT = 1.0
+# Long enough for a flood test's held sessions to stay open while they
+# wait, and for a dead peer to be found (ping_interval + ping_timeout)
+# well before the idle timeout would close it anyway.
+IDLE_TIMEOUT = 3.0
+PING_INTERVAL = 0.5
+PING_TIMEOUT = 0.5
+MAX_WRITE_BUFFER = 1 * MiB
+CONNECTIONS_PER_IP = 4
+CONNECT_RATE, CONNECT_BURST = 2.0, 10
+MESSAGES_PER_SECOND, MESSAGE_BURST = 50.0, 100
+# Generous, so that only max_write_buffer can stop a client that does not
+# read: the kernel's socket buffers take several MiB of echoes first.
+BYTES_PER_SECOND, BYTES_BURST = 4.0 * MiB, 32 * MiB
+
+SESSION_BOUND = 2 * MAX_MESSAGE + 10 * MiB
+SLOW_READER_BOUND = 2 * (MAX_WRITE_BUFFER + MAX_MESSAGE) + 10 * MiB
+
+
+def handshake_bound(connections: int) -> int:
+    return 10 * MiB + connections * (MAX_HEADER_BYTES + 64 * KiB)
+
+
+def sessions_bound(sessions: int) -> int:
+    return 10 * MiB + sessions * 256 * KiB
+
+
+Sections = dict[str, dict[str, object]]
+
+
+def settings(*, tls: dict[str, object], auth: Sections, log_format: str,
+             **extra: dict[str, object]) -> Sections:
+    """Every section of the servers' TOML file; ``auth`` maps section names
+    (``"auth"``, ``"auth.jwt"``, ...) to their keys."""
+    sections: dict[str, dict[str, object]] = {
+        "server": {"listen": "tcp:0:interface=127.0.0.1", "path": "/ws",
+                   "app": "echo", "max_connections": 500, "shutdown_grace": 1.0},
+        "tls": tls,
+        "log": {"format": log_format, "file": "-"},
+        "limits": {
+            "max_header_bytes": MAX_HEADER_BYTES, "max_headers": MAX_HEADERS,
+            "max_message_size": MAX_MESSAGE, "max_frame_size": MAX_FRAME,
+            "max_fragments": MAX_FRAGMENTS, "compression": True,
+            "handshake_timeout": HANDSHAKE_TIMEOUT, "close_timeout": CLOSE_TIMEOUT,
+            "idle_timeout": IDLE_TIMEOUT, "ping_interval": PING_INTERVAL,
+            "ping_timeout": PING_TIMEOUT, "max_write_buffer": MAX_WRITE_BUFFER,
+        },
+        "origin": {"allowed": [ORIGIN], "allow_missing": False},
+        **auth,
+        "ratelimit": {
+            "connections_per_ip": CONNECTIONS_PER_IP, "connect_rate": CONNECT_RATE,
+            "connect_burst": CONNECT_BURST, "ipv6_prefix": 64,
+            "messages_per_second": MESSAGES_PER_SECOND,
+            "message_burst": MESSAGE_BURST, "bytes_per_second": BYTES_PER_SECOND,
+            "bytes_burst": BYTES_BURST,
+        },
+        "messages": {"allow_binary": True, "format": "any"},
+    }
+    for name, values in extra.items():
+        sections[name] = {**sections.get(name, {}), **values}
+    return sections
+
+
+def toml(sections: dict[str, dict[str, object]]) -> str:
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            text = str(value).lower() if isinstance(value, bool) else (
+                json.dumps(value) if isinstance(value, str | list) else repr(value))
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+# -- credentials, minted the way the documents say -----------------------------
+
+
+@attrs.frozen
+class Credentials:
+    """The identity provider's RSA key (JWTs) and the web application's
+    cookie secret, as the server's key files hold them."""
+
+    private_key: Any
+    cookie_secret: bytes
+
+    def token(self, sub: str, lifetime: float = 300, **claims: Any) -> str:
+        """A JWT as the identity provider issues it (RS256, iss, aud, exp)."""
+        now = int(time.time())
+        payload = {"sub": sub, "iat": now, "exp": now + lifetime, "iss": ISSUER,
+                   "aud": AUDIENCE, **claims}
+        return jwt.encode(payload, self.private_key, algorithm="RS256")
+
+    def cookie(self, sub: str, lifetime: float = 3600) -> str:
+        """The web application's session cookie: an HS256 JWT, iat and exp."""
+        now = int(time.time())
+        return jwt.encode({"sub": sub, "iat": now, "exp": now + lifetime},
+                          self.cookie_secret, algorithm="HS256")
+
+
+# -- addresses -------------------------------------------------------------------
+
+_serial = itertools.count(1)
+
+
+@attrs.frozen
+class Addresses:
+    """
+    Fresh rate-limit keys for one test: loopback source addresses for
+    direct connections, IPv6 networks for ``X-Forwarded-For``.
+    """
+
+    attacker: str
+    other: str
+    good: str
+    attacker_net: ipaddress.IPv6Network
+    good_v6: str
+
+    @classmethod
+    def fresh(cls) -> Addresses:
+        n = next(_serial)
+        low, high = n % 250 + 1, n // 250
+        return cls(
+            attacker=f"127.1.{high}.{low}", other=f"127.3.{high}.{low}",
+            good=f"127.2.{high}.{low}",
+            attacker_net=ipaddress.IPv6Network(f"2001:db8:a:{n:x}::/64"),
+            good_v6=f"2001:db8:b:{n:x}::1",
+        )
+
+    def in_attacker_net(self, i: int) -> str:
+        return str(self.attacker_net[i + 1])
+
+
+# -- the server process ------------------------------------------------------------
+
+
+class Target:
+    """
+    ``twistd securews --config`` serving the given settings; its port,
+    its log (text or JSON lines) and its memory.
+    """
+
+    def __init__(self, directory: Path, sections: Sections, ca_cert: Path,
+                 credentials: Credentials,
+                 program: Sequence[str] = (TWISTD,)) -> None:
+        self.ca_cert = ca_cert
+        self.credentials = credentials
+        self.tls = bool(sections["tls"].get("enabled", True))
+        self.json_log = sections["log"]["format"] == "json"
+        self.proxied = bool(sections["server"].get("trusted_proxies"))
+        config = directory / "securews.toml"
+        config.write_text(toml(sections))
+        self.server = Server(["--config", str(config)], directory, program)
+        try:
+            self.server.wait_for("securews listening on")
+        except AssertionError:
+            self.server.stop()
+            raise
+        found = re.search(r"securews listening on (wss?)://127\.0\.0\.1:(\d+)/ws",
+                          self.log())
+        assert found, self.log()
+        assert found.group(1) == ("wss" if self.tls else "ws")
+        self.port = int(found.group(2))
+        self.url = f"{found.group(1)}://127.0.0.1:{self.port}/ws"
+        self.pid = self.server.process.pid
+
+    # -- log ---------------------------------------------------------------
+
+    def log(self) -> str:
+        return self.server.text()
+
+    def mark(self) -> int:
+        """A place in the log: what comes after it happened after now."""
+        return len(self.log())
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        """The JSON log's events after ``since``."""
+        assert self.json_log
+        return [json.loads(line) for line in self.log()[since:].splitlines()
+                if line.startswith("{")]
+
+    def wait_event(self, since: int, timeout: float = 5,
+                   **fields: object) -> dict[str, Any]:
+        """The first JSON event after ``since`` carrying ``fields``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events(since):
+                if all(event.get(k) == v for k, v in fields.items()):
+                    return event
+            assert time.monotonic() < deadline, \
+                f"no event with {fields} logged:\n{self.log()[since:]}"
+            time.sleep(0.05)
+
+    def count_events(self, since: int, **fields: object) -> int:
+        return sum(all(e.get(k) == v for k, v in fields.items())
+                   for e in self.events(since))
+
+    # -- memory ------------------------------------------------------------
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM (the peak) of the server process, in bytes."""
+        values = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(value.split()[0]) * KiB
+        return values
+
+    def reset_peak(self) -> None:
+        """VmHWM := VmRSS (Linux >= 4.0)."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    # -- clients -----------------------------------------------------------
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        return websocket_client_tls(self.ca_cert) if self.tls else None
+
+    def source(self, address: str) -> str:
+        """Where a client binds: behind the trusted-proxy listener, every
+        connection comes from the proxy (127.0.0.1)."""
+        return "127.0.0.1" if self.proxied else address
+
+    def forwarded(self, client: str | None) -> dict[str, str]:
+        return {"X-Forwarded-For": client} if self.proxied and client else {}
+
+
+# -- websockets clients -----------------------------------------------------------
+
+
+def client(target: Target, source: str, *, forwarded_for: str | None = None,
+           auth: dict[str, str] | None = None, query: str = "",
+           subprotocols: Sequence[str] = ()) -> ClientConnection:
+    """A ``websockets`` client from ``source`` (or, behind the proxy, for
+    ``forwarded_for``), authenticated by ``auth`` headers or ``query``."""
+    if auth is None and not query:
+        auth = {"Authorization": "Bearer " + target.credentials.token(source)}
+    return connect(
+        target.url + query, ssl=target.client_tls(), origin=Origin(ORIGIN),
+        subprotocols=[Subprotocol(name) for name in subprotocols] or None,
+        additional_headers={**(auth or {}), **target.forwarded(forwarded_for)},
+        source_address=(target.source(source), 0), proxy=None, compression=None,
+        open_timeout=5, ping_interval=None, max_size=None,
+    )
+
+
+class Bystander:
+    """
+    The well-behaved client: one message every 0.1 s, each echoed, in a
+    thread for as long as the attack runs; any failure is kept for
+    :meth:`finish`.
+    """
+
+    PERIOD = 0.1
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.errors: list[str] = []
+        self.started = self.completed = 0
+        self.checked_during = 0
+        self._lock = threading.Condition()
+        self.echo()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def echo(self) -> None:
+        with self._lock:
+            self.started += 1
+            n = self.started
+        message = f"well-behaved message {n}"
+        self.ws.send(message)
+        got = self.ws.recv(timeout=5)
+        if got != message:
+            self.errors.append(f"sent {message!r}, got {got!r}")
+        with self._lock:
+            self.completed += 1
+            self._lock.notify_all()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.PERIOD):
+            try:
+                self.echo()
+            except Exception as e:
+                self.errors.append(repr(e))
+                with self._lock:
+                    self._lock.notify_all()
+                return
+
+    def during(self, timeout: float = 5) -> None:
+        """Wait for an echo that began after this call to come back."""
+        with self._lock:
+            wanted = self.started + 1
+            ok = self._lock.wait_for(
+                lambda: self.completed >= wanted or bool(self.errors), timeout)
+        assert not self.errors, self.errors
+        assert ok, f"no echo within {timeout} s during the attack"
+        self.checked_during += 1
+
+    def finish(self) -> None:
+        self.stop()
+        assert not self._thread.is_alive()
+        assert not self.errors, self.errors
+        self.echo()
+        assert not self.errors, self.errors
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+# -- an attack ------------------------------------------------------------------
+
+
+@attrs.define
+class Peak:
+    before: int = 0
+    peak: int = 0
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
+
+
+@contextmanager
+def attack(target: Target, who: Addresses, what: str,
+           bound: int) -> Iterator[Bystander]:
+    """
+    Run an attack while a well-behaved client is served: it has exchanged
+    a message before the block, must have one answered during it (the
+    block calls :meth:`Bystander.during` while the attack is under way)
+    and after; the server's peak RSS must grow by less than ``bound``.
+    """
+    with client(target, who.good, forwarded_for=who.good_v6) as ws:
+        bystander = Bystander(ws)
+        try:
+            peak = Peak()
+            target.reset_peak()
+            peak.before = target.memory()["VmRSS"]
+            yield bystander
+            peak.peak = target.memory()["VmHWM"]
+            print(f"\nRSS {what}: before {peak.before / MiB:.1f} MiB, peak "
+                  f"{peak.peak / MiB:.1f} MiB, growth {peak.growth / MiB:.2f} MiB "
+                  f"(bound {bound / MiB:.1f} MiB)")
+            assert bystander.checked_during, "the bystander was not checked during"
+            bystander.finish()
+        finally:
+            bystander.stop()
+    assert peak.growth < bound, f"{what}: grew {peak.growth / MiB:.1f} MiB"
+
+
+# -- shortcuts ------------------------------------------------------------------
+
+
+def bearer(target: Target, sub: str) -> dict[str, str]:
+    return {"Authorization": "Bearer " + target.credentials.token(sub)}
+
+
+def ticket_post(headers: dict[str, str], origin: str = ORIGIN) -> bytes:
+    """The page's credentialed ``fetch(POST /tickets)``, as README shows it."""
+    body = b"{}"
+    lines = ["POST /tickets HTTP/1.1", "Host: 127.0.0.1", f"Origin: {origin}",
+             "Content-Type: application/json", f"Content-Length: {len(body)}",
+             *(f"{name}: {value}" for name, value in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+_TEXT_HANDSHAKE = (r"handshake (?P<outcome>\w+) (?P<status>\d{{3}}) from {client} "
+                   r"path=\S+ origin=\S+ method=\S+ reason=(?P<reason>\S+)")
+
+
+def handshakes(target: Target, since: int, client: str, count: int,
+               timeout: float = 5) -> list[tuple[int, str | None]]:
+    """
+    The ``(status, reason)`` of the handshake events logged for ``client``
+    after ``since``, once there are ``count`` of them (in either log format).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if target.json_log:
+            found = [(e["status"], e["reason"]) for e in target.events(since)
+                     if e.get("event") == "handshake" and e.get("client") == client]
+        else:
+            pattern = _TEXT_HANDSHAKE.format(client=re.escape(client))
+            found = [(int(m["status"]), None if m["reason"] == "None" else m["reason"])
+                     for m in re.finditer(pattern, target.log()[since:])]
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, \
+            f"{len(found)} of {count} handshakes logged:\n{target.log()[since:]}"
+        time.sleep(0.05)
+
+
+def echo(ws: ClientConnection, message: str = "hello") -> None:
+    ws.send(message)
+    assert ws.recv(timeout=5) == message

@@ -1,0 +1,289 @@
+"""
+Attacks on the server's capacity before any session exists: connection
+floods (from one address, and from one IPv6 /64 behind the trusted
+proxy), slowloris on the TLS handshake and on the request head, and
+header floods.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import time
+from contextlib import ExitStack, suppress
+
+import pytest
+
+from .harness import (
+    CONNECT_BURST,
+    CONNECT_RATE,
+    CONNECTIONS_PER_IP,
+    HANDSHAKE_TIMEOUT,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    Addresses,
+    KiB,
+    Target,
+    attack,
+    bearer,
+    client,
+    echo,
+    handshake_bound,
+    handshakes,
+    sessions_bound,
+)
+from .wire import Wire, Wires, upgrade_request
+
+EXTRA = 2  # attacking connections beyond a per-client limit
+
+
+def test_connection_flood_from_one_address_gets_429(
+    tls_server: Target, who: Addresses, wires: Wires
+) -> None:
+    """
+    Sessions beyond connections_per_ip from one address: 429 with
+    Retry-After; the address's open sessions and every other address
+    are still served.
+    """
+    target = tls_server
+    since = target.mark()
+    bound = sessions_bound(CONNECTIONS_PER_IP + EXTRA)
+    with attack(target, who, "connection flood", bound) as bystander, \
+            ExitStack() as stack:
+        held = [stack.enter_context(client(target, who.attacker))
+                for _ in range(CONNECTIONS_PER_IP)]
+        bystander.during()
+        for _ in range(EXTRA):
+            response = wires(target, who.attacker).upgrade(
+                headers=bearer(target, who.attacker))
+            assert response.status == 429
+            assert response.header("retry-after") == "1"
+        bystander.during()
+        with client(target, who.other) as ws:
+            echo(ws, "another address")
+        for ws in held:
+            echo(ws, "still served")
+    assert handshakes(target, since, who.attacker, CONNECTIONS_PER_IP + EXTRA) == (
+        [(101, None)] * CONNECTIONS_PER_IP + [(429, "too_many_connections")] * EXTRA)
+
+
+def test_handshake_flood_from_one_address_gets_429(
+    tls_server: Target, who: Addresses, wires: Wires
+) -> None:
+    """
+    Handshakes faster than connect_rate past connect_burst: 429 with
+    Retry-After, before any authenticator runs.
+    """
+    target = tls_server
+    since = target.mark()
+    answers: list[tuple[int, str | None]] = []
+    with attack(target, who, "handshake flood", handshake_bound(1)) as bystander:
+        began = time.monotonic()
+        while sum(status == 429 for status, _ in answers) < 3:
+            assert len(answers) < 100, answers
+            wire = wires(target, who.attacker)
+            response = wire.upgrade()  # no credential at all
+            wire.close()
+            answers.append((response.status, response.header("retry-after")))
+            if len(answers) == CONNECT_BURST:
+                bystander.during()
+        lasted = time.monotonic() - began
+    print(f"handshake flood: {answers}")
+    assert answers[:CONNECT_BURST] == [(401, None)] * CONNECT_BURST
+    refused = [retry for status, retry in answers if status == 429]
+    assert all(retry is not None and int(retry) >= 1 for retry in refused)
+    assert len(answers) - len(refused) <= CONNECT_BURST + CONNECT_RATE * lasted + 1
+    logged = handshakes(target, since, who.attacker, len(answers))
+    assert {reason for status, reason in logged if status == 429} == {"rate_limited"}
+    assert {reason for status, reason in logged if status == 401} == {
+        "no_credentials"}
+
+
+def test_connection_flood_from_one_ipv6_64_behind_the_proxy_gets_429(
+    proxy_server: Target, who: Addresses, wires: Wires
+) -> None:
+    """
+    Behind the trusted proxy, clients rotating addresses inside one /64
+    (``X-Forwarded-For``) share one budget: sessions beyond
+    connections_per_ip and handshakes beyond connect_burst get 429, while
+    an address in the neighbouring /64 is served.
+    """
+    target = proxy_server
+    net = who.attacker_net
+    neighbour = str(ipaddress.IPv6Network(
+        (int(net.network_address) + 2**64, 64))[1])
+    assert ipaddress.IPv6Address(neighbour) not in net
+    addresses = (who.in_attacker_net(i) for i in itertools.count())
+    since = target.mark()
+    reasons: list[tuple[int, str | None]] = []
+    bound = sessions_bound(CONNECTIONS_PER_IP + EXTRA)
+    with attack(target, who, "IPv6 /64 flood", bound) as bystander, \
+            ExitStack() as stack:
+        held = {a: stack.enter_context(client(target, who.attacker, forwarded_for=a))
+                for a in itertools.islice(addresses, CONNECTIONS_PER_IP)}
+        bystander.during()
+        # Each address is new, and each attempt takes a connect token: the
+        # first find the /64's sessions all taken, the later an empty bucket.
+        for address in addresses:
+            assert len(reasons) < 100, reasons
+            response = wires(target, who.attacker).upgrade(
+                headers={**bearer(target, address), **target.forwarded(address)})
+            assert response.status == 429
+            assert response.header("retry-after") is not None
+            reasons += handshakes(target, since, address, 1)
+            if reasons[-1] == (429, "rate_limited"):
+                break
+            if len(reasons) == EXTRA:
+                bystander.during()
+        with client(target, who.attacker, forwarded_for=neighbour) as ws:
+            echo(ws, "the next /64 is another client")
+        for ws in held.values():
+            echo(ws, "still served")
+    for address in held:
+        assert handshakes(target, since, address, 1) == [(101, None)]
+    assert reasons[0] == (429, "too_many_connections")
+    assert set(reasons) == {(429, "too_many_connections"), (429, "rate_limited")}
+    assert handshakes(target, since, neighbour, 1) == [(101, None)]
+
+
+def dropped_for_pending(target: Target, since: int, client: str) -> int:
+    target.wait_event(since, event="connection", reason="too_many_pending",
+                      client=client)
+    return target.count_events(since, event="connection", reason="too_many_pending",
+                               client=client)
+
+
+def dribble(wires: list[Wire], data: list[bytes], limit: float) -> None:
+    """Send each wire its ``data`` a byte every 0.1 s until the server
+    drops it (at most ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    position = 0
+    while not all(wire.closed for wire in wires):
+        assert time.monotonic() < deadline, "still open"
+        for wire, text in zip(wires, data, strict=True):
+            if not wire.closed and position < len(text):
+                with suppress(OSError):
+                    wire.sock.sendall(text[position:position + 1])
+        position += 1
+        step = time.monotonic() + 0.1
+        for wire in wires:
+            wire.pump(max(0.0, step - time.monotonic()))
+
+
+def assert_dropped_in_time(held: list[Wire]) -> None:
+    """Dropped, unanswered, within handshake_timeout + 1 s of connecting."""
+    for wire in held:
+        wire.wait_closed(HANDSHAKE_TIMEOUT + 2)
+        assert wire.closed_at is not None
+        lasted = wire.closed_at - wire.started
+        print(f"dropped after {lasted:.2f} s")
+        assert HANDSHAKE_TIMEOUT - 0.1 <= lasted <= HANDSHAKE_TIMEOUT + 1
+        assert wire.received == b""
+
+
+@pytest.mark.parametrize("stall", ["silent", "half-hello", "dribble"])
+def test_slowloris_on_the_tls_handshake_is_dropped(
+    tls_server: Target, who: Addresses, wires: Wires, stall: str
+) -> None:
+    """
+    Connections that never finish TLS (nothing sent, half a ClientHello,
+    a byte every 0.1 s): dropped within handshake_timeout + 1 s, sent
+    nothing; beyond connections_per_ip unfinished handshakes from one
+    address, new connections are dropped at once.
+    """
+    target = tls_server
+    since = target.mark()
+    bound = handshake_bound(CONNECTIONS_PER_IP + EXTRA)
+    with attack(target, who, f"slowloris TLS {stall}", bound) as bystander:
+        held = [wires(target, who.attacker) for _ in range(CONNECTIONS_PER_IP)]
+        hellos = [wire.client_hello() for wire in held]
+        if stall == "half-hello":
+            for wire, hello in zip(held, hellos, strict=True):
+                wire.sock.sendall(hello[:len(hello) // 2])
+        extra = [wires(target, who.attacker) for _ in range(EXTRA)]
+        for wire in extra:
+            wire.wait_closed(HANDSHAKE_TIMEOUT + 1)
+            assert wire.raw == b""
+        bystander.during()
+        if stall == "dribble":
+            dribble(held, hellos, HANDSHAKE_TIMEOUT + 2)
+        assert_dropped_in_time(held)
+        assert all(wire.raw == b"" for wire in held)
+    assert dropped_for_pending(target, since, who.attacker) == EXTRA
+
+
+@pytest.mark.parametrize("stall", ["byte-by-byte", "unfinished-head"])
+def test_slowloris_on_the_request_head_is_dropped(
+    tls_server: Target, who: Addresses, wires: Wires, stall: str
+) -> None:
+    """
+    TLS done, then the request head a byte every 0.1 s, or all of it but
+    the final CRLF: dropped without an answer within handshake_timeout +
+    1 s of connecting.
+    """
+    target = tls_server
+    request = upgrade_request(headers=bearer(target, who.attacker))
+    since = target.mark()
+    bound = handshake_bound(CONNECTIONS_PER_IP + EXTRA)
+    with attack(target, who, f"slowloris head {stall}", bound) as bystander:
+        held = [wires(target, who.attacker) for _ in range(CONNECTIONS_PER_IP)]
+        for wire in held:
+            wire.start_tls()
+            if stall == "unfinished-head":
+                wire.send(request[:-2])
+        extra = [wires(target, who.attacker) for _ in range(EXTRA)]
+        for wire in extra:
+            wire.wait_closed(HANDSHAKE_TIMEOUT + 1)
+        bystander.during()
+        if stall == "byte-by-byte":
+            deadline = time.monotonic() + HANDSHAKE_TIMEOUT + 2
+            for i in itertools.count():
+                open_ = [wire for wire in held if not wire.closed]
+                if not open_:
+                    break
+                assert time.monotonic() < deadline, "still open"
+                for wire in open_:
+                    with suppress(OSError):
+                        wire.send(request[i:i + 1])
+                step = time.monotonic() + 0.1
+                for wire in open_:
+                    wire.pump(max(0.0, step - time.monotonic()))
+        assert_dropped_in_time(held)
+    assert dropped_for_pending(target, since, who.attacker) == EXTRA
+    assert handshakes(target, since, who.attacker, 0) == []
+
+
+HEADER_FLOODS = {
+    "many-headers": "".join(f"X-Flood-{i}: {i}\r\n" for i in range(MAX_HEADERS + 1)),
+    "huge-header": "X-Flood: " + "a" * MAX_HEADER_BYTES + "\r\n",
+}
+
+
+@pytest.mark.parametrize("flood", [*HEADER_FLOODS, "endless"])
+def test_header_flood_gets_431(
+    tls_server: Target, who: Addresses, wires: Wires, flood: str
+) -> None:
+    """
+    A request head with more than max_headers lines, more than
+    max_header_bytes, or that never ends (16 MiB of header lines): 431,
+    and nothing more is read into memory.
+    """
+    target = tls_server
+    since = target.mark()
+    start = upgrade_request(headers=bearer(target, who.attacker))[:-2]
+    with attack(target, who, f"header flood {flood}", handshake_bound(1)) as bystander:
+        wire = wires(target, who.attacker)
+        wire.start_tls()
+        if flood == "endless":
+            lines = "".join(f"X-Flood-{i}: {'a' * 50}\r\n" for i in range(1000))
+            chunk = lines.encode()
+            wire.stream([start, chunk])
+            bystander.during()
+            wire.stream(itertools.repeat(chunk, 16 * 1024 * KiB // len(chunk)))
+        else:
+            wire.send(start + HEADER_FLOODS[flood].encode() + b"\r\n")
+            bystander.during()
+        response = wire.response()
+    assert response.status == 431
+    assert response.body == b"431 Request Header Fields Too Large\n"
+    assert handshakes(target, since, who.attacker, 1) == [(431, "header_too_large")]
