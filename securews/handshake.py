@@ -89,6 +89,16 @@ _TOO_LARGE = Refusal(431, "header_too_large")
 _BAD = Refusal(400, "bad_request")
 
 
+def _past_limit(buffered: int, max_bytes: int) -> bool:
+    """
+    Whether an unfinished head can no longer end in time.  A head is
+    within the limit when its blank line starts by octet ``max_bytes``,
+    so up to 3 octets of that ``\r\n\r\n`` may lie beyond it: refusing
+    earlier would make the verdict depend on where TCP cut the stream.
+    """
+    return buffered >= max_bytes + 4
+
+
 def read_head(data: bytes, *, max_bytes: int,
               max_headers: int) -> RequestHead | Refusal | None:
     """
@@ -104,7 +114,7 @@ def read_head(data: bytes, *, max_bytes: int,
     window = data[: max_bytes + 4]
     end = window.find(b"\r\n\r\n")
     if end < 0:
-        if len(data) > max_bytes or window.count(b"\r\n") > max_headers + 1:
+        if _past_limit(len(data), max_bytes) or window.count(b"\r\n") > max_headers + 1:
             return _TOO_LARGE
         return None
     if end > max_bytes:
@@ -162,7 +172,7 @@ class HeadScanner:
                              max_headers=self.max_headers)
         self._lines += data.count(b"\r\n", max(0, self._seen - 1), limit)
         self._seen = limit
-        if len(data) > self.max_bytes or self._lines > self.max_headers + 1:
+        if _past_limit(len(data), self.max_bytes) or self._lines > self.max_headers + 1:
             return _TOO_LARGE
         return None
 

@@ -372,10 +372,17 @@ class HandshakeProtocol(WebSocketServerProtocol):
         if self.state != WebSocketProtocol.STATE_CONNECTING:
             return
         super().succeedHandshake(res)
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self._stop_handshake_timer()
-            self._log_handshake("accepted", None, 101)
-            self.factory.count_outcome("accepted", 101, None, self._elapsed())
+
+    def _onOpen(self) -> None:
+        """
+        The 101 is written: the handshake is accepted.  Logged here, before
+        Autobahn reads the frames a client pipelined behind its head (which
+        may end the session at once), so that every 101 has its event.
+        """
+        self._stop_handshake_timer()
+        self._log_handshake("accepted", None, 101)
+        self.factory.count_outcome("accepted", 101, None, self._elapsed())
+        super()._onOpen()
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:

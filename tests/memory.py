@@ -7,12 +7,17 @@ builders.  Shared by the in-memory test modules.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import attrs
+import txaio
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, globalLogPublisher
 from zope.interface import implementer
 
 from securews.auth.interfaces import HandshakeRequest, IAuthenticator, Principal
@@ -134,3 +139,141 @@ def result_of(d: Deferred[Any]) -> Any:
     if hasattr(results[0], "raiseException"):
         results[0].raiseException()
     return results[0]
+
+
+# -- fuzzing helpers -------------------------------------------------------------
+# Used by the hypothesis tests, which cannot take function-scoped fixtures:
+# each example gets its own Clock and log capture.
+
+
+@contextmanager
+def txaio_clock() -> Iterator[Clock]:
+    """A fresh Clock that Autobahn's timers (txaio's loop) run on meanwhile."""
+    clock = Clock()
+    saved = txaio.config.loop
+    txaio.config.loop = clock
+    try:
+        yield clock
+    finally:
+        txaio.config.loop = saved
+
+
+@contextmanager
+def captured_events() -> Iterator[list[LogEvent]]:
+    """Every log event emitted inside the block."""
+    captured: list[LogEvent] = []
+    globalLogPublisher.addObserver(captured.append)
+    try:
+        yield captured
+    finally:
+        globalLogPublisher.removeObserver(captured.append)
+
+
+def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (out-of-range ones ignored), as the
+    successive reads a TCP peer could cause; never an empty piece."""
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)],
+                                      strict=True) if b > a]
+
+
+def frame_bytes(payload: bytes, opcode: int = 0x1, *, fin: bool = True,
+                rsv: int = 0, mask: bytes | None = b"\0\0\0\0",
+                length_form: int | None = None,
+                declared: int | None = None) -> bytes:
+    """
+    Any client frame, well-formed or not.
+
+    :param mask: the masking key; ``None`` sends the frame unmasked.
+    :param length_form: 7, 16 or 64 (bits of the length field); by default
+        the minimal one for the declared length.
+    :param declared: the length written in the header; by default the
+        payload's (a different one makes a frame that lies).
+    """
+    n = len(payload) if declared is None else declared
+    if length_form is None:
+        length_form = 7 if n < 126 else 16 if n < 65536 else 64
+    first = (0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 0xF)
+    bit = 0x80 if mask is not None else 0
+    if length_form == 7:
+        header = struct.pack("!BB", first, bit | (n & 0x7F))
+    elif length_form == 16:
+        header = struct.pack("!BBH", first, bit | 126, n & 0xFFFF)
+    else:
+        header = struct.pack("!BBQ", first, bit | 127, n & 0xFFFFFFFFFFFFFFFF)
+    if mask is None:
+        return header + payload
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return header + mask + masked
+
+
+@attrs.frozen
+class ServerFrame:
+    """One frame the server wrote (server frames are never masked)."""
+
+    fin: bool
+    rsv: int
+    opcode: int
+    payload: bytes
+
+
+def read_server_frames(data: bytes) -> tuple[list[ServerFrame], bytes]:
+    """
+    Split what the server wrote after its 101 into frames.
+
+    :returns: the frames and whatever bytes do not make a whole frame
+        (for a well-behaved server: nothing).
+    """
+    frames = []
+    i = 0
+    while i + 2 <= len(data):
+        first, second = data[i], data[i + 1]
+        n, j = second & 0x7F, i + 2
+        if second & 0x80:
+            break
+        if n == 126:
+            if j + 2 > len(data):
+                break
+            n, j = struct.unpack("!H", data[j:j + 2])[0], j + 2
+        elif n == 127:
+            if j + 8 > len(data):
+                break
+            n, j = struct.unpack("!Q", data[j:j + 8])[0], j + 8
+        if j + n > len(data):
+            break
+        frames.append(ServerFrame(bool(first & 0x80), (first >> 4) & 7,
+                                  first & 0xF, data[j:j + n]))
+        i = j + n
+    return frames, data[i:]
+
+
+@attrs.frozen
+class HTTPResponse:
+    """An HTTP response at the start of what the server wrote."""
+
+    status: int
+    status_line: bytes
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+def read_response(data: bytes) -> tuple[HTTPResponse, bytes] | None:
+    """
+    The HTTP response the server wrote first and the bytes after it (for a
+    101: the frames), or ``None`` if there is no complete head.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].decode("ascii").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = tuple((n, v.strip()) for n, _, v in
+                    (line.partition(":") for line in lines[1:]))
+    rest = data[end + 4:]
+    length = [int(v) for n, v in headers if n.lower() == "content-length"]
+    body = rest[:length[0]] if length else b""
+    return (HTTPResponse(status, lines[0].encode("ascii"), headers, body),
+            rest[len(body):])
