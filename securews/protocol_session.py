@@ -36,6 +36,10 @@ _FIXED_REASONS = {
 }
 
 
+class OptionReassigned(Exception):
+    """An application hook reassigned an Autobahn option, such as a limit."""
+
+
 class SessionProtocol(WebSocketServerProtocol):
     """Session limits and the application hooks."""
 
@@ -103,7 +107,15 @@ class SessionProtocol(WebSocketServerProtocol):
         transport.registerProducer(self._gate, True)
         factory.session_opened(self)
         self._schedule()
+        before = self._options()
         self._call_app(self.onSessionOpen)
+        if self._options() != before and self.state == WebSocketProtocol.STATE_OPEN:
+            self._app_failed("onSessionOpen", OptionReassigned())
+
+    def _options(self) -> list[object]:
+        """The Autobahn options this session runs with (the limits among
+        them), to catch an application that reassigns one at run time."""
+        return [getattr(self, name, None) for name in self.CONFIG_ATTRS]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         for timer in (self._timer, self._close_timer):

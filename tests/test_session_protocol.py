@@ -300,3 +300,25 @@ def test_frames_split_across_reads_are_echoed_and_counted(clock: Clock) -> None:
     stats = proto.trafficStats
     assert stats.incomingOctetsWireLevel == len(data)
     assert stats.outgoingOctetsWireLevel == len(transport.value())
+
+
+class Unlimited(SecureServerProtocol):
+    """Tries to lift a limit at run time, where the class seal cannot see."""
+
+    def onSessionOpen(self) -> None:
+        self.maxMessagePayloadSize = 0
+
+
+def test_reassigning_a_limit_in_on_session_open_closes_1011(
+        clock: Clock, events: list[LogEvent]) -> None:
+    factory = SecureServerFactory(
+        make_config(tls={"cert": "/c", "key": "/k"}, origin={"allow_missing": True},
+                    auth={"methods": []}),
+        protocol=Unlimited, authenticator=AnonymousAuthenticator(), reactor=clock)
+    proto, transport = connect(factory)
+    proto.dataReceived(request(origin=None))
+    assert close_code(transport.value().split(b"\r\n\r\n", 1)[1]) == 1011
+    assert any(e.get("error") == "OptionReassigned" for e in events)
+    transport.clear()
+    proto.dataReceived(frame(b"x" * 1000))
+    assert b"x" * 1000 not in transport.value()
