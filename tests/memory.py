@@ -13,14 +13,16 @@ from typing import Any
 
 import attrs
 import txaio
+from hypothesis import HealthCheck, settings
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from securews.auth.interfaces import HandshakeRequest, IAuthenticator, Principal
+from securews.client_address import network_key
 from securews.factory import SecureServerFactory
 from securews.protocol import SecureServerProtocol
 from securews.testing import make_config
@@ -29,6 +31,8 @@ TLS = {"cert": "/unused/cert.pem", "key": "/unused/key.pem"}
 ORIGIN = "https://app.example.com"
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 SECRET = "s3cr3t-token-value-0123456789"
+#: Where :func:`connect` connects from by default.
+PEER = "203.0.113.7"
 
 
 @implementer(IAuthenticator)
@@ -91,7 +95,7 @@ class Transport(StringTransport):
 
 
 def connect(factory: SecureServerFactory,
-            peer: str = "203.0.113.7") -> tuple[SecureServerProtocol, StringTransport]:
+            peer: str = PEER) -> tuple[SecureServerProtocol, StringTransport]:
     kind = IPv6Address if ":" in peer else IPv4Address
     address = kind("TCP", peer, 40000)
     proto = factory.buildProtocol(address)
@@ -145,6 +149,12 @@ def result_of(d: Deferred[Any]) -> Any:
 # Used by the hypothesis tests, which cannot take function-scoped fixtures:
 # each example gets its own Clock and log capture.
 
+#: The fuzzers' settings: examples run in memory on a Clock, so no deadline.
+FUZZ = settings(max_examples=150, deadline=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow])
+#: Whom the fuzzers' :class:`FixedAuthenticator` admits.
+ALICE = Principal("alice", "fixed")
+
 
 @contextmanager
 def txaio_clock() -> Iterator[Clock]:
@@ -175,6 +185,36 @@ def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     points = sorted({c for c in cuts if 0 < c < len(data)})
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)],
                                       strict=True) if b > a]
+
+
+def segment(data: bytes, cuts: list[int], dribble: int) -> list[bytes]:
+    """``data`` as a TCP peer could deliver it: cut at ``cuts``, or
+    (``dribble`` > 0) that many bytes at a time."""
+    if dribble:
+        return split_at(data, range(dribble, len(data), dribble))
+    return split_at(data, cuts)
+
+
+def assert_clean_log(events: list[LogEvent], marker: str) -> None:
+    """No error, no traceback, and nothing the client wrote (``marker``)."""
+    for logged in events:
+        assert logged.get("log_level") not in (LogLevel.error, LogLevel.critical), \
+            formatEvent(logged)
+        assert "log_failure" not in logged, formatEvent(logged)
+        text = formatEvent(logged) + repr(
+            {k: v for k, v in logged.items() if k not in ("log_source", "log_logger")})
+        assert marker not in text, text
+
+
+def assert_released(factory: SecureServerFactory, clock: Clock) -> None:
+    """The connection from :data:`PEER` gave back its connection, session
+    and per-client places, and left no timer running."""
+    key = network_key(PEER, 64)
+    assert factory.connection_count == 0
+    assert factory.admitted == 0
+    assert factory.open_sessions == 0
+    assert factory.per_client.count(key) == 0
+    assert [c for c in clock.getDelayedCalls() if c.active()] == []
 
 
 def frame_bytes(payload: bytes, opcode: int = 0x1, *, fin: bool = True,

@@ -1,24 +1,37 @@
 """
 Running the installed ``twistd securews`` as an operator does: a child
 process from a scratch directory, with an environment that cannot load
-securews from the source tree.  Shared by test_twistd.py and the attack
-suite (tests/attacks/).
+securews from the source tree, its TOML configuration, and its memory.
+Shared by test_twistd.py, test_session_e2e.py and the attack suite
+(tests/attacks/).
+
+Memory: :func:`peak_rss` resets the process's peak-RSS counter (``echo 5
+> /proc/<pid>/clear_refs``, Linux >= 4.0) and reads ``VmRSS`` before the
+block, ``VmHWM`` after it: the growth is the highest the resident memory
+went during the block above where it started.  Kernel socket buffers are
+not part of RSS.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["TWISTD", "Server", "clean_env", "free_port", "twistd"]
+import attrs
+
+__all__ = ["TWISTD", "Peak", "Server", "clean_env", "free_port", "memory",
+           "peak_rss", "toml", "twistd"]
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
+KiB, MiB = 2**10, 2**20
 
 
 def free_port() -> int:
@@ -73,3 +86,53 @@ class Server:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+
+
+def toml(sections: dict[str, dict[str, object]]) -> str:
+    """A securews TOML file: one table per section, each value a TOML scalar
+    or array."""
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            text = str(value).lower() if isinstance(value, bool) else (
+                json.dumps(value) if isinstance(value, str | list) else repr(value))
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+# -- memory ------------------------------------------------------------------------
+
+
+def memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (the peak) of process ``pid``, in bytes."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(value.split()[0]) * KiB
+    return values
+
+
+@attrs.define
+class Peak:
+    before: int = 0
+    peak: int = 0
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
+
+
+@contextmanager
+def peak_rss(pid: int, what: str, bound: int | None = None) -> Iterator[Peak]:
+    """Process ``pid``'s peak resident memory while the block runs (filled
+    in when it ends), printed with the ``bound`` the caller will apply."""
+    peak = Peak()
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    peak.before = memory(pid)["VmRSS"]
+    yield peak
+    peak.peak = memory(pid)["VmHWM"]
+    limit = "" if bound is None else f" (bound {bound / MiB:.1f} MiB)"
+    print(f"\nRSS {what}: before {peak.before / MiB:.1f} MiB, peak "
+          f"{peak.peak / MiB:.1f} MiB, growth {peak.growth / MiB:.2f} MiB{limit}")

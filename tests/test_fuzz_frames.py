@@ -28,10 +28,14 @@ import zlib
 from typing import Any, ClassVar
 
 import attrs
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from memory import (
+    ALICE,
+    FUZZ,
     FixedAuthenticator,
+    assert_clean_log,
+    assert_released,
     captured_events,
     connect,
     frame_bytes,
@@ -39,20 +43,13 @@ from memory import (
     read_response,
     read_server_frames,
     request,
+    segment,
     split_at,
     txaio_clock,
 )
 from twisted.internet.error import ConnectionDone
-from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
-from securews.auth.interfaces import Principal
-from securews.client_address import network_key
-
-FUZZ = settings(max_examples=150, deadline=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow])
-
-ALICE = Principal("alice", "fixed")
 MAX_FRAME = 256
 MAX_MESSAGE = 1024
 MAX_FRAGMENTS = 6
@@ -505,14 +502,6 @@ def client_streams(draw: st.DrawFn, marker: str, compression: bool) -> bytes:
     return b"".join(parts)
 
 
-def segment(data: bytes, cuts: list[int], dribble: int) -> list[bytes]:
-    """``data`` as TCP could deliver it: cut at ``cuts``, or (``dribble``
-    > 0) that many octets at a time."""
-    if dribble:
-        return split_at(data, range(dribble, len(data), dribble))
-    return split_at(data, cuts)
-
-
 cut_lists = st.lists(st.integers(1, 3000), max_size=10)
 dribbles = st.sampled_from([0, 0, 0, 0, 1, 3, 9])
 
@@ -557,10 +546,10 @@ def run_session(stream: bytes, cuts: list[int], dribble: int, *, compression: bo
                    response.header("Sec-WebSocket-Extensions")) == compression
         frames, rest = read_server_frames(after)
         assert rest == b""
-        _assert_clean_log(events, marker)
+        assert_clean_log(events, marker)
         check_against(expected, frames, proto, transport)
         proto.connectionLost(Failure(ConnectionDone()))
-        _assert_released(factory, clock)
+        assert_released(factory, clock)
         delivered = [(1 if c[2] is False else 2, c[1]) for c in factory.calls
                      if c[0] == "message"]
         if expected.exact:
@@ -581,25 +570,6 @@ def _assert_bounded(proto: Any, chunk: bytes) -> None:
     held = sum(len(c) for name in ("frame_data", "message_data", "control_frame_data")
                for c in (getattr(proto, name, None) or ()))
     assert held <= MAX_MESSAGE + 1 + 125
-
-
-def _assert_clean_log(events: list[Any], marker: str) -> None:
-    for logged in events:
-        assert logged.get("log_level") not in (LogLevel.error, LogLevel.critical), \
-            formatEvent(logged)
-        assert "log_failure" not in logged, formatEvent(logged)
-        text = formatEvent(logged) + repr(
-            {k: v for k, v in logged.items() if k not in ("log_source", "log_logger")})
-        assert marker not in text, text
-
-
-def _assert_released(factory: Any, clock: Any) -> None:
-    key = network_key("203.0.113.7", 64)
-    assert factory.connection_count == 0
-    assert factory.admitted == 0
-    assert factory.open_sessions == 0
-    assert factory.per_client.count(key) == 0
-    assert [c for c in clock.getDelayedCalls() if c.active()] == []
 
 
 def check_against(expected: Expected, frames: list[Any], proto: Any,

@@ -24,33 +24,35 @@ from http import HTTPStatus
 from typing import Any
 
 import attrs
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from memory import (
+    ALICE,
+    FUZZ,
     ORIGIN,
+    PEER,
     FixedAuthenticator,
     HTTPResponse,
+    assert_clean_log,
+    assert_released,
     captured_events,
     connect,
     frame_bytes,
     make_factory,
     read_response,
     read_server_frames,
+    segment,
     split_at,
     txaio_clock,
 )
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.logger import LogEvent, LogLevel, formatEvent
+from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
 from securews.auth.interfaces import Principal
 from securews.client_address import network_key
 
-FUZZ = settings(max_examples=150, deadline=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow])
-
-ALICE = Principal("alice", "fixed")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HANDSHAKE_TIMEOUT = 3.0
 CLOSE_TIMEOUT = 2.0
@@ -269,14 +271,6 @@ def upgrade_requests(draw: st.DrawFn, *, must_accept: bool = False) -> Case:
                 key if key_choice == "one" else None, protocol)
 
 
-def segment(data: bytes, cuts: list[int], dribble: int) -> list[bytes]:
-    """``data`` as a TCP peer could deliver it: at ``cuts``, or (``dribble``
-    > 0) that many bytes at a time."""
-    if dribble:
-        return split_at(data, range(dribble, len(data), dribble))
-    return split_at(data, cuts)
-
-
 cut_lists = st.lists(st.integers(1, 700), max_size=8)
 dribbles = st.sampled_from([0, 0, 0, 1, 2, 3, 7])
 
@@ -337,30 +331,9 @@ def run(chunks: list[bytes], *, max_header_bytes: int = 8192, max_headers: int =
             assert transport.disconnected
             assert after == b""
         proto.connectionLost(Failure(ConnectionDone()))
-        _assert_released(factory, clock)
+        assert_released(factory, clock)
+        assert factory.pending_per_peer.count(network_key(PEER, 64)) == 0
     return Run(proto, transport, factory, response, after, list(events))
-
-
-def _assert_released(factory: Any, clock: Any) -> None:
-    """Every place and timer the connection held is given back."""
-    key = network_key("203.0.113.7", 64)
-    assert factory.connection_count == 0
-    assert factory.admitted == 0
-    assert factory.open_sessions == 0
-    assert factory.per_client.count(key) == 0
-    assert factory.pending_per_peer.count(key) == 0
-    assert [c for c in clock.getDelayedCalls() if c.active()] == []
-
-
-def _assert_clean_log(events: list[LogEvent], marker: str) -> None:
-    """No error, no traceback, and nothing the client wrote."""
-    for logged in events:
-        assert logged.get("log_level") not in (LogLevel.error, LogLevel.critical), \
-            formatEvent(logged)
-        assert "log_failure" not in logged, formatEvent(logged)
-        text = formatEvent(logged) + repr(
-            {k: v for k, v in logged.items() if k not in ("log_source", "log_logger")})
-        assert marker not in text, text
 
 
 def _assert_one_handshake_event(run: Run, status: int) -> None:
@@ -387,7 +360,7 @@ def check(case: Case, run: Run) -> int | None:
 
     :returns: the status answered, ``None`` for a head that never ended.
     """
-    _assert_clean_log(run.events, case.marker)
+    assert_clean_log(run.events, case.marker)
     written = run.transport.value()
     if run.response is None:
         assert written == b""

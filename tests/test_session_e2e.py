@@ -14,8 +14,8 @@ copy of securews (checked at start).
 Memory: before an attack the peak-RSS counter is reset (``echo 5 >
 /proc/<pid>/clear_refs``, Linux >= 4.0) and ``VmRSS`` read; after it the
 growth is ``VmHWM - VmRSS_before``: the highest the server's resident
-memory went during the attack above where it started.  Kernel socket
-buffers are not part of RSS.
+memory went during the attack above where it started
+(:func:`processes.peak_rss`).  Kernel socket buffers are not part of RSS.
 
 Timers: the heartbeat, idle and lifetime checks run on the reactor's
 ``callLater`` and are exact; the opening-handshake and close-handshake
@@ -29,29 +29,26 @@ a message every 0.25 s on its own session, and must still be served after.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import os
 import re
-import select
 import signal
-import socket
 import ssl
-import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
 import trustme
+from bystander import Bystander
 from conftest import CertFiles, websocket_client_tls, write_cert
-from processes import clean_env
+from processes import clean_env, peak_rss, toml
+from rawclient import CONTINUATION, PING, TEXT, RawClient, frame, upgrade_request
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -143,17 +140,6 @@ reactor.run()
 '''
 
 
-def toml(sections: dict[str, dict[str, object]]) -> str:
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        for key, value in values.items():
-            text = str(value).lower() if isinstance(value, bool) else (
-                json.dumps(value) if isinstance(value, str) else repr(value))
-            lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
-
-
 def merged(*layers: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
     result: dict[str, dict[str, object]] = {}
     for layer in layers:
@@ -189,6 +175,7 @@ class Server:
                 raise AssertionError(f"server did not start:\n{self.log()}")
             time.sleep(0.05)
         self.port = int(found.group(1))
+        self.pid = self.process.pid
         assert "site-packages" in found.group(2), "not the installed securews"
         self.url = f"wss://127.0.0.1:{self.port}/ws"
 
@@ -202,18 +189,6 @@ class Server:
             assert time.monotonic() < deadline, \
                 f"{needle!r} not logged:\n{self.log()[since:]}"
             time.sleep(0.05)
-
-    def status(self) -> dict[str, int]:
-        """VmRSS and VmHWM of the server process, in bytes."""
-        values = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(value.split()[0]) * KiB
-        return values
-
-    def reset_peak(self) -> None:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -261,27 +236,6 @@ def flood_server(tmp_path_factory: pytest.TempPathFactory,
 # -- measuring ----------------------------------------------------------------------
 
 
-class Peak:
-    before = 0
-    peak = 0
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.before
-
-
-@contextmanager
-def peak_rss(server: Server, what: str) -> Iterator[Peak]:
-    """The server's peak resident memory while the block runs."""
-    peak = Peak()
-    server.reset_peak()
-    peak.before = server.status()["VmRSS"]
-    yield peak
-    peak.peak = server.status()["VmHWM"]
-    print(f"\nRSS {what}: before {peak.before / MiB:.1f} MiB, "
-          f"peak {peak.peak / MiB:.1f} MiB, growth {peak.growth / MiB:.2f} MiB")
-
-
 def context(server: Server) -> ssl.SSLContext:
     return websocket_client_tls(server.ca_cert)
 
@@ -291,50 +245,6 @@ def open_client(server: Server, **kw: object) -> ClientConnection:
                    open_timeout=5, ping_interval=None, **kw)
 
 
-class Bystander:
-    """
-    A well-behaved client: a message every 0.25 s, each echoed, in a thread
-    for as long as the attack runs; any failure is kept for :meth:`finish`.
-    """
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.n = 0
-        self.errors: list[str] = []
-        self.echo()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def echo(self) -> None:
-        self.n += 1
-        message = json.dumps({"n": self.n})
-        self.ws.send(message)
-        got = self.ws.recv(timeout=5)
-        if got != message:
-            self.errors.append(f"sent {message!r}, got {got!r}")
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            try:
-                self.echo()
-            except Exception as e:
-                self.errors.append(repr(e))
-                return
-
-    def finish(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        assert not self._thread.is_alive()
-        assert not self.errors, self.errors
-        self.echo()
-        assert not self.errors, self.errors
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 @contextmanager
 def bystander(server: Server, compression: str | None = None) -> Iterator[Bystander]:
     """A well-behaved session that must be served all through the block and after."""
@@ -342,7 +252,7 @@ def bystander(server: Server, compression: str | None = None) -> Iterator[Bystan
         if compression:
             assert [e.name for e in ws.protocol.extensions] == [
                 "permessage-deflate"]
-        client = Bystander(ws)
+        client = Bystander(ws, period=0.25, message=lambda n: json.dumps({"n": n}))
         try:
             yield client
             client.finish()
@@ -352,184 +262,19 @@ def bystander(server: Server, compression: str | None = None) -> Iterator[Bystan
 
 # -- a hand-driven client -----------------------------------------------------------
 
-TEXT, CONTINUATION, CLOSE, PING = 0x1, 0x0, 0x8, 0x9
 
-
-def masked(data: bytes, mask: bytes) -> bytes:
-    n = len(data)
-    if not n:
-        return b""
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-
-
-def frame(payload: bytes = b"", opcode: int = TEXT, *, fin: bool = True,
-          rsv1: bool = False, length: int | None = None) -> bytes:
-    """A masked client frame; ``length`` announces a size without the payload."""
-    n = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    if n < 126:
-        head = struct.pack("!BB", first, 0x80 | n)
-    elif n < 2**16:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    mask = os.urandom(4)
-    return head + mask + masked(payload, mask)
-
-
-class Raw:
-    """
-    A TLS client driven by hand, in one thread: an ``ssl.SSLObject`` over a
-    plain socket, so the test decides exactly when bytes are written, read,
-    or neither (TLS included).
-    """
+class Raw(RawClient):
+    """A hand-driven TLS client of ``server``."""
 
     def __init__(self, server: Server, rcvbuf: int | None = None) -> None:
-        self.sock = socket.socket()
-        if rcvbuf is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(10)
-        self.started = time.monotonic()
-        self.sock.connect(("127.0.0.1", server.port))
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = context(server).wrap_bio(self.incoming, self.outgoing,
-                                            server_hostname="127.0.0.1")
-        self.secure = False
-        self.received = bytearray()  # plaintext from the server
-        self.closed_at: float | None = None
-        self.opened_at = 0.0
-
-    @property
-    def closed(self) -> bool:
-        return self.closed_at is not None
-
-    def client_hello(self) -> bytes:
-        with suppress(ssl.SSLWantReadError):
-            self.tls.do_handshake()
-        return self.outgoing.read()
-
-    def _flush(self) -> None:
-        if data := self.outgoing.read():
-            self.sock.sendall(data)
-
-    def pump(self, timeout: float) -> None:
-        """Take in what the server sent, waiting up to ``timeout`` for it."""
-        if self.closed:
-            return
-        ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
-        if not ready:
-            return
-        try:
-            data = self.sock.recv(256 * KiB)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed_at = time.monotonic()
-            return
-        self.incoming.write(data)
-        while self.secure:
-            try:
-                chunk = self.tls.read(256 * KiB)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                break
-            if not chunk:
-                break
-            self.received += chunk
-
-    def start_tls(self) -> None:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                self.pump(deadline - time.monotonic())
-                assert not self.closed
-                assert time.monotonic() < deadline
-        self._flush()
-        self.secure = True
-
-    def send(self, data: bytes) -> None:
-        self.tls.write(data)
-        self._flush()
+        super().__init__(server.port, context(server), rcvbuf=rcvbuf)
 
     def upgrade(self, extensions: str | None = None) -> bytes:
         """TLS and the WebSocket opening handshake; the 101 response head."""
-        self.start_tls()
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = ["GET /ws HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
-                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-                 "Sec-WebSocket-Version: 13"]
-        if extensions:
-            lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-        self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
-        deadline = time.monotonic() + 5
-        while b"\r\n\r\n" not in self.received:
-            assert not self.closed, self.received
-            assert time.monotonic() < deadline, self.received
-            self.pump(deadline - time.monotonic())
-        head, _, rest = bytes(self.received).partition(b"\r\n\r\n")
-        self.received = bytearray(rest)
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        self.opened_at = time.monotonic()
-        return head
-
-    def stream(self, chunks: Iterable[bytes], *, read: bool = True) -> int:
-        """
-        Send ``chunks`` as fast as the server takes them (reading what it
-        sends in between unless ``read`` is false) and stop only when the
-        server has closed the connection.  Returns the bytes sent.
-        """
-        sent = 0
-        for chunk in chunks:
-            if read:
-                self.pump(0)
-            if self.closed:
-                break
-            try:
-                self.send(chunk)
-            except TimeoutError:
-                raise AssertionError("the server stopped reading") from None
-            except OSError:  # reset or broken pipe: the server closed it
-                break
-            sent += len(chunk)
-        return sent
-
-    def wait_closed(self, limit: float) -> float:
-        """Read until the server closes TCP (at most ``limit`` s); when it did."""
-        deadline = time.monotonic() + limit
-        while not self.closed and time.monotonic() < deadline:
-            self.pump(deadline - time.monotonic())
-        assert self.closed_at is not None, f"still open after {limit} s"
-        return self.closed_at
-
-    def frames(self) -> list[tuple[int, bytes]]:
-        """The complete (unmasked) frames the server sent, in order."""
-        found, data, i = [], bytes(self.received), 0
-        while len(data) - i >= 2:
-            opcode, n, j = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
-            if n >= 126:
-                size = 2 if n == 126 else 8
-                if len(data) < j + size:
-                    break
-                n = int.from_bytes(data[j:j + size], "big")
-                j += size
-            if len(data) < j + n:
-                break
-            found.append((opcode, data[j:j + n]))
-            i = j + n
-        return found
-
-    def close_frame(self) -> tuple[int, str] | None:
-        for opcode, payload in self.frames():
-            if opcode == CLOSE:
-                return int.from_bytes(payload[:2], "big"), payload[2:].decode()
-        return None
-
-    def close(self) -> None:
-        self.sock.close()
+        headers = {"Sec-WebSocket-Extensions": extensions} if extensions else {}
+        response = self.request(upgrade_request(headers=headers))
+        assert response.status == 101, response.head
+        return response.head
 
 
 @pytest.fixture
@@ -563,7 +308,8 @@ def test_oversize_frame_header_closes_1009(
 ) -> None:
     """A frame header announcing more than max_frame_size: 1009, nothing buffered."""
     # MAX_FRAME + 1 fits max_message_size: only the frame limit can apply.
-    with bystander(server), peak_rss(server, f"frame announcing {announced}") as peak:
+    with bystander(server), \
+            peak_rss(server.pid, f"frame announcing {announced}") as peak:
         client = raw(raw_clients, server)
         client.upgrade()
         client.send(frame(length=announced))
@@ -589,7 +335,7 @@ def test_oversize_fragmented_message_closes_1009(
     assert 5 * size > MAX_MESSAGE
     fragments = [frame(b"a" * size, TEXT if i == 0 else CONTINUATION, fin=i == 4)
                  for i in range(5)]
-    with bystander(server), peak_rss(server, "fragmented 1.25 MB message") as peak:
+    with bystander(server), peak_rss(server.pid, "fragmented 1.25 MB message") as peak:
         client = raw(raw_clients, server)
         client.upgrade()
         client.stream(fragments)
@@ -605,7 +351,7 @@ def test_many_tiny_fragments_close_1009(server: Server, raw_clients: list[Raw]) 
     fragments = [frame(b"[", TEXT, fin=False)] + [
         frame(b" ", CONTINUATION, fin=False) for _ in range(count)]
     since = len(server.log())
-    with bystander(server), peak_rss(server, f"{count} tiny fragments") as peak:
+    with bystander(server), peak_rss(server.pid, f"{count} tiny fragments") as peak:
         client = raw(raw_clients, server)
         client.upgrade()
         client.stream(fragments)
@@ -629,7 +375,7 @@ def test_decompression_bomb_closes_1009(
     assert zlib.decompressobj(-12).decompress(BOMB_SEGMENT) == bytes(MiB)
     assert len(BOMB) < MAX_FRAME  # so only the inflated size can be too big
     with bystander(server, compression="deflate"), \
-            peak_rss(server, "200 MiB deflate bomb") as peak:
+            peak_rss(server.pid, "200 MiB deflate bomb") as peak:
         client = raw(raw_clients, server)
         head = client.upgrade("permessage-deflate; client_max_window_bits")
         assert b"permessage-deflate" in head
@@ -796,7 +542,7 @@ def test_non_reading_client_is_dropped_past_max_write_buffer(
     server = flood_server
     message = frame(b"a" * (64 * KiB))
     since = len(server.log())
-    with bystander(server), peak_rss(server, "non-reading client") as peak:
+    with bystander(server), peak_rss(server.pid, "non-reading client") as peak:
         client = raw(raw_clients, server, rcvbuf=64 * KiB)
         client.upgrade()
         began = time.monotonic()

@@ -8,7 +8,7 @@ installed plugin, real TLS on loopback) and checks three things:
 * the documented outcome (HTTP status, close code and reason, or a TCP
   drop, with the log event the operator sees);
 * a well-behaved client, connected before the attack, exchanges messages
-  before, during and after it (:class:`~attacks.harness.Bystander`);
+  before, during and after it (:class:`bystander.Bystander`);
 * the server's peak resident memory (``VmHWM`` in ``/proc/<pid>/status``,
   reset first through ``clear_refs``) grew by less than the bound for the
   attack's class (:mod:`attacks.harness`, ``*_BOUND``).

@@ -1,7 +1,9 @@
 """
 The attack suite's tools: the servers' settings, a running ``twistd
-securews`` (:class:`Target`), a hand-driven client (:class:`Wire`), the
-well-behaved client (:class:`Bystander`) and the memory bounds.
+securews`` (:class:`Target`), ``websockets`` clients, an attack run
+beside the well-behaved client (:func:`attack`, with
+:class:`bystander.Bystander` and :func:`processes.peak_rss`) and the
+memory bounds.  The hand-driven client is :mod:`attacks.wire`.
 
 Memory bounds (growth of the server's peak RSS over its RSS before the
 attack; kernel socket buffers are not RSS):
@@ -33,7 +35,6 @@ import itertools
 import json
 import re
 import ssl
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,8 +43,9 @@ from typing import Any
 
 import attrs
 import jwt
+from bystander import Bystander
 from conftest import websocket_client_tls
-from processes import TWISTD, Server
+from processes import TWISTD, Server, peak_rss, toml
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
 
@@ -120,17 +122,6 @@ def settings(*, tls: dict[str, object], auth: Sections, log_format: str,
     for name, values in extra.items():
         sections[name] = {**sections.get(name, {}), **values}
     return sections
-
-
-def toml(sections: dict[str, dict[str, object]]) -> str:
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        for key, value in values.items():
-            text = str(value).lower() if isinstance(value, bool) else (
-                json.dumps(value) if isinstance(value, str | list) else repr(value))
-            lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
 
 
 # -- credentials, minted the way the documents say -----------------------------
@@ -255,21 +246,6 @@ class Target:
         return sum(all(e.get(k) == v for k, v in fields.items())
                    for e in self.events(since))
 
-    # -- memory ------------------------------------------------------------
-
-    def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM (the peak) of the server process, in bytes."""
-        values = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(value.split()[0]) * KiB
-        return values
-
-    def reset_peak(self) -> None:
-        """VmHWM := VmRSS (Linux >= 4.0)."""
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-
     # -- clients -----------------------------------------------------------
 
     def client_tls(self) -> ssl.SSLContext | None:
@@ -303,82 +279,7 @@ def client(target: Target, source: str, *, forwarded_for: str | None = None,
     )
 
 
-class Bystander:
-    """
-    The well-behaved client: one message every 0.1 s, each echoed, in a
-    thread for as long as the attack runs; any failure is kept for
-    :meth:`finish`.
-    """
-
-    PERIOD = 0.1
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.errors: list[str] = []
-        self.started = self.completed = 0
-        self.checked_during = 0
-        self._lock = threading.Condition()
-        self.echo()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def echo(self) -> None:
-        with self._lock:
-            self.started += 1
-            n = self.started
-        message = f"well-behaved message {n}"
-        self.ws.send(message)
-        got = self.ws.recv(timeout=5)
-        if got != message:
-            self.errors.append(f"sent {message!r}, got {got!r}")
-        with self._lock:
-            self.completed += 1
-            self._lock.notify_all()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.PERIOD):
-            try:
-                self.echo()
-            except Exception as e:
-                self.errors.append(repr(e))
-                with self._lock:
-                    self._lock.notify_all()
-                return
-
-    def during(self, timeout: float = 5) -> None:
-        """Wait for an echo that began after this call to come back."""
-        with self._lock:
-            wanted = self.started + 1
-            ok = self._lock.wait_for(
-                lambda: self.completed >= wanted or bool(self.errors), timeout)
-        assert not self.errors, self.errors
-        assert ok, f"no echo within {timeout} s during the attack"
-        self.checked_during += 1
-
-    def finish(self) -> None:
-        self.stop()
-        assert not self._thread.is_alive()
-        assert not self.errors, self.errors
-        self.echo()
-        assert not self.errors, self.errors
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 # -- an attack ------------------------------------------------------------------
-
-
-@attrs.define
-class Peak:
-    before: int = 0
-    peak: int = 0
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.before
 
 
 @contextmanager
@@ -391,16 +292,10 @@ def attack(target: Target, who: Addresses, what: str,
     and after; the server's peak RSS must grow by less than ``bound``.
     """
     with client(target, who.good, forwarded_for=who.good_v6) as ws:
-        bystander = Bystander(ws)
+        bystander = Bystander(ws, period=0.1, message="well-behaved message {}".format)
         try:
-            peak = Peak()
-            target.reset_peak()
-            peak.before = target.memory()["VmRSS"]
-            yield bystander
-            peak.peak = target.memory()["VmHWM"]
-            print(f"\nRSS {what}: before {peak.before / MiB:.1f} MiB, peak "
-                  f"{peak.peak / MiB:.1f} MiB, growth {peak.growth / MiB:.2f} MiB "
-                  f"(bound {bound / MiB:.1f} MiB)")
+            with peak_rss(target.pid, what, bound) as peak:
+                yield bystander
             assert bystander.checked_during, "the bystander was not checked during"
             bystander.finish()
         finally:

@@ -13,6 +13,7 @@ import zlib
 from contextlib import suppress
 
 import pytest
+from rawclient import BINARY, CONTINUATION, PING, TEXT, frame
 from websockets.exceptions import ConnectionClosed
 
 from .harness import (
@@ -34,7 +35,7 @@ from .harness import (
     attack,
     client,
 )
-from .wire import BINARY, CONTINUATION, PING, TEXT, Wires, frame
+from .wire import Wires
 
 JUNK = os.urandom(64 * KiB)
 

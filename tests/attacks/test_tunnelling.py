@@ -20,6 +20,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 from conftest import CertFiles
+from rawclient import BINARY, TEXT, frame
 
 from .conftest import KeyFiles
 from .harness import (
@@ -32,7 +33,7 @@ from .harness import (
     echo,
     handshake_bound,
 )
-from .wire import BINARY, TEXT, Wires, frame
+from .wire import Wires
 
 EVIL = "https://evil.example/"
 
