@@ -162,7 +162,7 @@ def _has_lone_surrogate(document: Any) -> bool:
     """Whether a decoded document holds a string that is not Unicode text."""
     try:
         json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except (UnicodeEncodeError, RecursionError):
+    except UnicodeEncodeError:
         return True
     return False
 
@@ -194,8 +194,12 @@ class MessageValidator:
             return _REFUSED["bad_json"]
         except RecursionError:  # within the limit, yet near Python's stack
             return _REFUSED["too_deep"]
-        if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(document):
-            return _REFUSED["bad_json"]
+        if _SURROGATE_ESCAPE.search(text):
+            try:
+                if _has_lone_surrogate(document):
+                    return _REFUSED["bad_json"]
+            except RecursionError:  # as for the decode above
+                return _REFUSED["too_deep"]
         try:
             if self.schema is not None and not self.schema.is_valid(document):
                 return _REFUSED["schema"]

@@ -415,3 +415,13 @@ def test_reasons_are_fixed_whatever_the_payload(payload: bytes, binary: bool) ->
         assert verdict.refusal.reason in REASONS
         assert verdict.refusal.code == (1003 if binary else 1007)
     assert verdict.ok == (verdict.refusal is None)
+
+
+def test_escaped_pairs_near_the_stack_limit_are_too_deep_not_bad_json() -> None:
+    """Re-encoding for the surrogate check recurses deeper than the decode;
+    where that hits Python's stack, the refusal says so."""
+    validator = build_validator(MessagesSettings(format="json", max_json_depth=1000))
+    for depth in range(1, 1001):
+        text = "[" * depth + '"\\ud83d\\ude00"' + "]" * depth
+        verdict = validator.validate(text.encode("utf-8"), False)
+        assert verdict.ok or refused(verdict, 1007, "too_deep"), depth
