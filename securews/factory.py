@@ -33,6 +33,7 @@ from securews.logs import WireLogger
 from securews.metrics import Metrics
 from securews.origin import parse_allow_list
 from securews.protocol import SecureServerProtocol
+from securews.protocol_session import PINNED_OPTIONS, PinnedOptions
 from securews.ratelimit import BucketTable
 from securews.validation import build_validator
 
@@ -42,6 +43,12 @@ _log = Logger(namespace="securews.shutdown")
 
 #: Most client networks whose connection rate is tracked at once (LRU).
 MAX_TRACKED_CLIENTS = 100_000
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (``versions``, the Origin patterns) as tuples: pinned means
+    not appendable either."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 class SecureServerFactory(WebSocketServerFactory):
@@ -120,7 +127,7 @@ class SecureServerFactory(WebSocketServerFactory):
                                sessions=lambda: self.open_sessions,
                                tickets=self._ticket_count)
         limits = config.limits
-        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+        self.setProtocolOptions(
             webStatus=False,
             failByDrop=False,
             maxFramePayloadSize=limits.max_frame_size,
@@ -142,7 +149,22 @@ class SecureServerFactory(WebSocketServerFactory):
             utf8validateIncoming=True,
             versions=[13],
         )
+        self.pinned_options = PinnedOptions(**{
+            name: _frozen(getattr(self, name)) for name in PINNED_OPTIONS})
         self.server = ""
+
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
+        """
+        Autobahn's, except that the options securews derives from its
+        settings (:data:`~securews.protocol_session.PINNED_OPTIONS`, the
+        limits among them) are set once, here, and never again: a later
+        call that names one raises :exc:`TypeError`.
+        """
+        pinned = sorted(set(options) & set(PINNED_OPTIONS))
+        if pinned and hasattr(self, "pinned_options"):
+            raise TypeError(f"{', '.join(pinned)}: securews takes these from "
+                            "its settings, once")
+        super().setProtocolOptions(**options)  # type: ignore[no-untyped-call]
 
     @property
     def clock(self) -> IReactorTime:

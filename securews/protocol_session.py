@@ -12,8 +12,10 @@ that pass reach the application's :meth:`onValidatedMessage`.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, ClassVar
 
+import attrs
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IDelayedCall
@@ -23,7 +25,7 @@ from securews.backpressure import WriteGate, buffered_bytes
 from securews.compression import exact_message_size, install_bounded_deflate
 from securews.session import Close, Drop, Ping, SessionGuard
 
-__all__ = ["SessionProtocol"]
+__all__ = ["PINNED_OPTIONS", "PinnedOptions", "SessionProtocol"]
 
 _log = Logger(namespace="securews.session")
 POLICY = 1008
@@ -36,12 +38,59 @@ _FIXED_REASONS = {
 }
 
 
-class OptionReassigned(Exception):
-    """An application hook reassigned an Autobahn option, such as a limit."""
+#: The Autobahn options a SecureServerFactory sets (limits, validation,
+#: masking, timers, Origin and proxy trust, compression, the status page).
+PINNED_OPTIONS = (
+    "webStatus", "failByDrop", "maxFramePayloadSize", "maxMessagePayloadSize",
+    "openHandshakeTimeout", "closeHandshakeTimeout", "allowedOrigins",
+    "allowNullOrigin", "maxConnections", "trustXForwardedFor", "autoPingInterval",
+    "autoPingTimeout", "serveFlashSocketPolicy", "perMessageCompressionAccept",
+    "echoCloseCodeReason", "requireMaskedClientFrames", "utf8validateIncoming",
+    "versions", "allowedOriginsPatterns",
+)
+#: A factory's values of :data:`PINNED_OPTIONS`, immutable.
+PinnedOptions = attrs.make_class("PinnedOptions", list(PINNED_OPTIONS),
+                                 frozen=True, slots=True)
+
+
+def _pinned(name: str) -> Any:
+    """
+    A read-only view of the factory's pinned value of option ``name``.
+
+    Autobahn copies each option from the factory onto a protocol that
+    lacks the attribute, then reads it from the protocol.  A property
+    means the copy never happens and ``self.maxMessagePayloadSize = 0``
+    in application code raises (closing the session 1011) instead of
+    lifting a limit.  The getter is C code: Autobahn reads some of these
+    for every frame.
+    """
+    return property(attrgetter(f"factory.pinned_options.{name}"),
+                    doc=f"Autobahn's ``{name}``, fixed by the settings.")
 
 
 class SessionProtocol(WebSocketServerProtocol):
     """Session limits and the application hooks."""
+
+    # Read-only: see _pinned.
+    webStatus = _pinned("webStatus")
+    failByDrop = _pinned("failByDrop")
+    maxFramePayloadSize = _pinned("maxFramePayloadSize")
+    maxMessagePayloadSize = _pinned("maxMessagePayloadSize")
+    openHandshakeTimeout = _pinned("openHandshakeTimeout")
+    closeHandshakeTimeout = _pinned("closeHandshakeTimeout")
+    allowedOrigins = _pinned("allowedOrigins")
+    allowNullOrigin = _pinned("allowNullOrigin")
+    maxConnections = _pinned("maxConnections")
+    trustXForwardedFor = _pinned("trustXForwardedFor")
+    autoPingInterval = _pinned("autoPingInterval")
+    autoPingTimeout = _pinned("autoPingTimeout")
+    serveFlashSocketPolicy = _pinned("serveFlashSocketPolicy")
+    perMessageCompressionAccept = _pinned("perMessageCompressionAccept")
+    echoCloseCodeReason = _pinned("echoCloseCodeReason")
+    requireMaskedClientFrames = _pinned("requireMaskedClientFrames")
+    utf8validateIncoming = _pinned("utf8validateIncoming")
+    versions = _pinned("versions")
+    allowedOriginsPatterns = _pinned("allowedOriginsPatterns")
 
     subprotocols: ClassVar[tuple[str, ...]] = ()
     _opened = False
@@ -107,15 +156,7 @@ class SessionProtocol(WebSocketServerProtocol):
         transport.registerProducer(self._gate, True)
         factory.session_opened(self)
         self._schedule()
-        before = self._options()
         self._call_app(self.onSessionOpen)
-        if self._options() != before and self.state == WebSocketProtocol.STATE_OPEN:
-            self._app_failed("onSessionOpen", OptionReassigned())
-
-    def _options(self) -> list[object]:
-        """The Autobahn options this session runs with (the limits among
-        them), to catch an application that reassigns one at run time."""
-        return [getattr(self, name, None) for name in self.CONFIG_ATTRS]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         for timer in (self._timer, self._close_timer):

@@ -161,10 +161,8 @@ class Session:
                  compression: bool = True, offer: str | None = BROWSER_OFFER,
                  exact: bool = True) -> None:
         factory = make_factory(clock, AnonymousAuthenticator(), limits={
-            "max_message_size": limit, "max_frame_size": frame_limit})
-        if compression:
-            # What the factory should do itself when limits.compression is on.
-            factory.setProtocolOptions(perMessageCompressionAccept=accept_offer(limit))
+            "max_message_size": limit, "max_frame_size": frame_limit,
+            "compression": compression})
         self.factory = factory
         self.proto, self.transport = connect(factory)
         if exact:
@@ -639,9 +637,8 @@ async def test_websockets_client_negotiates_and_is_refused_a_bomb(
     """
     config = make_config(tls={"cert": str(certs.cert), "key": str(certs.key)},
                          origin={"allowed": [ORIGIN]},
-                         limits={"max_message_size": LIMIT})
+                         limits={"max_message_size": LIMIT, "compression": True})
     factory = SecureServerFactory(config, authenticator=AnonymousAuthenticator())
-    factory.setProtocolOptions(perMessageCompressionAccept=accept_offer(LIMIT))
     server = await serve(factory)
     context = websocket_client_tls(certs.ca_cert)
 

@@ -9,6 +9,7 @@ import struct
 from typing import Any
 
 import pytest
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from memory import connect, handshake, make_factory, request
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -303,22 +304,66 @@ def test_frames_split_across_reads_are_echoed_and_counted(clock: Clock) -> None:
 
 
 class Unlimited(SecureServerProtocol):
-    """Tries to lift a limit at run time, where the class seal cannot see."""
+    """Tries to lift the message limit at run time, where the class seal
+    cannot see: on open, or on its first message."""
+
+    lift_on_open = True
 
     def onSessionOpen(self) -> None:
+        if self.lift_on_open:
+            self.maxMessagePayloadSize = 0
+
+    def onValidatedMessage(self, payload: bytes, isBinary: bool) -> None:
         self.maxMessagePayloadSize = 0
 
 
-def test_reassigning_a_limit_in_on_session_open_closes_1011(
-        clock: Clock, events: list[LogEvent]) -> None:
+class UnlimitedLater(Unlimited):
+    lift_on_open = False
+
+
+def unlimited_session(clock: Clock, protocol: type[SecureServerProtocol]
+                      ) -> tuple[Any, StringTransport]:
     factory = SecureServerFactory(
         make_config(tls={"cert": "/c", "key": "/k"}, origin={"allow_missing": True},
-                    auth={"methods": []}),
-        protocol=Unlimited, authenticator=AnonymousAuthenticator(), reactor=clock)
+                    auth={"methods": []}, limits={"max_message_size": 4096,
+                                                  "max_frame_size": 4096}),
+        protocol=protocol, authenticator=AnonymousAuthenticator(), reactor=clock)
     proto, transport = connect(factory)
     proto.dataReceived(request(origin=None))
+    return proto, transport
+
+
+@pytest.mark.parametrize("protocol", [Unlimited, UnlimitedLater])
+def test_reassigning_a_limit_closes_1011_and_the_limit_holds(
+        clock: Clock, events: list[LogEvent],
+        protocol: type[SecureServerProtocol]) -> None:
+    proto, transport = unlimited_session(clock, protocol)
+    if protocol is UnlimitedLater:
+        proto.dataReceived(frame(b"hi"))
     assert close_code(transport.value().split(b"\r\n\r\n", 1)[1]) == 1011
-    assert any(e.get("error") == "OptionReassigned" for e in events)
+    assert any(e.get("error") == "AttributeError" for e in events)
+    assert proto.maxMessagePayloadSize == 4096
+
+
+def test_factory_options_that_securews_pins_cannot_be_changed(clock: Clock) -> None:
+    """Not on the factory either, where it would lift the limit for every
+    later session."""
+    factory = make_factory(clock, AnonymousAuthenticator(),
+                           limits={"max_message_size": 4096, "max_frame_size": 4096})
+    with pytest.raises(TypeError, match="maxMessagePayloadSize"):
+        factory.setProtocolOptions(maxMessagePayloadSize=0)
+    with pytest.raises(AttributeError):
+        factory.pinned_options.maxFramePayloadSize = 0
+    factory.setProtocolOptions(autoFragmentSize=1000)  # not a securews option
+    proto, transport = handshake(factory)
     transport.clear()
-    proto.dataReceived(frame(b"x" * 1000))
-    assert b"x" * 1000 not in transport.value()
+    proto.dataReceived(frame(b"x" * 5000))
+    assert close_code(transport.value()) == 1009
+    assert proto.versions == (13,)
+
+
+def test_pinned_options_are_read_only_on_every_protocol() -> None:
+    from securews.protocol_session import PINNED_OPTIONS
+    for name in PINNED_OPTIONS:
+        assert isinstance(getattr(SecureServerProtocol, name), property), name
+        assert name in WebSocketServerProtocol.CONFIG_ATTRS, name
