@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from _harness import Addresses, Server, busy_seconds, schedstat
@@ -159,23 +160,15 @@ class PicowsLoad(Load):
             await asyncio.wait_for(transport.wait_disconnected(), 10)
 
 
-class WebsocketsLoad(Load):
-    name = "websockets"
+class TaskLoad(Load):
+    """A load of asyncio tasks, each repeating one awaitable step (an echo,
+    a whole connection) while resumed."""
 
-    async def connect(self) -> None:
-        from websockets.asyncio.client import connect
-
+    def _start(self, steps: list[Callable[[], Awaitable[None]]]) -> None:
         self.go = asyncio.Event()
-        self.conns = [await connect(self.url, ssl=self.ctx, compression=None,
-                                    max_size=1 << 20, ping_interval=None,
-                                    additional_headers=self.headers or None,
-                                    **self.local_addr())
-                      for _ in range(self.clients)]
-        self.tls = tls_description(self.conns[0].transport)
-        message = self.payload if self.binary else self.payload.decode()
-        self.tasks = [asyncio.create_task(self._echo(c, message)) for c in self.conns]
+        self.tasks = [asyncio.create_task(self._repeat(step)) for step in steps]
 
-    async def _echo(self, conn: Any, message: bytes | str) -> None:
+    async def _repeat(self, step: Callable[[], Awaitable[None]]) -> None:
         try:
             while True:
                 await self.go.wait()
@@ -184,9 +177,7 @@ class WebsocketsLoad(Load):
                 if not self.running:
                     continue
                 self.in_flight += 1
-                await conn.send(message)
-                if len(await conn.recv()) != len(message):
-                    self.errors.append("short echo")
+                await step()
                 self.count += 1
                 self._landed()
         except Exception as e:  # report, don't hide, a broken connection
@@ -205,6 +196,30 @@ class WebsocketsLoad(Load):
         self.closing = True
         self.go.set()
         await asyncio.gather(*self.tasks)
+
+
+class WebsocketsLoad(TaskLoad):
+    name = "websockets"
+
+    async def connect(self) -> None:
+        from websockets.asyncio.client import connect
+
+        self.conns = [await connect(self.url, ssl=self.ctx, compression=None,
+                                    max_size=1 << 20, ping_interval=None,
+                                    additional_headers=self.headers or None,
+                                    **self.local_addr())
+                      for _ in range(self.clients)]
+        self.tls = tls_description(self.conns[0].transport)
+        message = self.payload if self.binary else self.payload.decode()
+        self._start([functools.partial(self._echo, c, message) for c in self.conns])
+
+    async def _echo(self, conn: Any, message: bytes | str) -> None:
+        await conn.send(message)
+        if len(await conn.recv()) != len(message):
+            self.errors.append("short echo")
+
+    async def close(self) -> None:
+        await super().close()
         for conn in self.conns:
             await asyncio.wait_for(conn.close(), 10)
 

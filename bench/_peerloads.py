@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any, cast
 
 from _harness import Addresses
-from _loads import Load, tls_description
+from _loads import Load, TaskLoad, tls_description
 
 
 class RateLoad(Load):
@@ -137,7 +137,7 @@ async def connect_and_close(url: str, ctx: Any, headers: dict[str, str],
     return tls
 
 
-class ChurnLoad(Load):
+class ChurnLoad(TaskLoad):
     """
     ``clients`` connectors, each doing :func:`connect_and_close` over and
     over while resumed; ``count`` is the connections completed.
@@ -156,37 +156,7 @@ class ChurnLoad(Load):
 
     async def connect(self) -> None:
         await self._once()  # fail early, before the clock runs
-        self.go = asyncio.Event()
-        self.tasks = [asyncio.create_task(self._churn()) for _ in range(self.clients)]
-
-    async def _churn(self) -> None:
-        try:
-            while True:
-                await self.go.wait()
-                if self.closing:
-                    return
-                if not self.running:
-                    continue
-                self.in_flight += 1
-                await self._once()
-                self.count += 1
-                self._landed()
-        except Exception as e:  # report, don't hide, a failed handshake
-            self._failed(f"{type(e).__name__}: {e}")
-
-    def resume(self) -> None:
-        self.running = True
-        self.drained.clear()
-        self.go.set()
-
-    async def pause(self) -> None:
-        self.go.clear()
-        await super().pause()
-
-    async def close(self) -> None:
-        self.closing = True
-        self.go.set()
-        await asyncio.gather(*self.tasks)
+        self._start([self._once] * self.clients)
 
 
 class IdleConnections:
