@@ -115,6 +115,11 @@ class Config:
                 "must be at least limits.max_message_size, or a message of the "
                 "largest allowed size could never be accepted",
                 key="ratelimit.bytes_burst")
+        if self.limits.max_fragments > self.ratelimit.message_burst:
+            raise ConfigError(
+                "must not exceed ratelimit.message_burst: every frame costs a "
+                "token, so a message of max_fragments frames could never be "
+                "accepted", key="limits.max_fragments")
         if self.server.proxy_protocol and not self.server.trusted_proxies:
             raise ConfigError("needs server.trusted_proxies: PROXY headers are "
                               "believed only from them", key="server.proxy_protocol")

@@ -98,6 +98,7 @@ class SessionProtocol(WebSocketServerProtocol):
     _timer: IDelayedCall | None = None
     _gate: WriteGate | None = None
     _slow = False
+    _deaf = False
     _close_timer: IDelayedCall | None = None
     _write_limit = 0
     logOctets: bool  # an Autobahn option, copied from the factory
@@ -179,6 +180,8 @@ class SessionProtocol(WebSocketServerProtocol):
         if guard is None:
             super().dataReceived(data)
             return
+        if self._deaf:
+            return
         guard.traffic(self._now())
         if self.state != WebSocketProtocol.STATE_CLOSED:
             # Autobahn's Twisted dataReceived only adds a debug log call
@@ -187,14 +190,28 @@ class SessionProtocol(WebSocketServerProtocol):
 
     # -- messages ----------------------------------------------------------
 
+    def onFrameBegin(self) -> None:
+        """
+        Every frame header, of every opcode, before its payload is read:
+        the frame is charged to the session's buckets here (see
+        :meth:`SessionGuard.frame`), so no kind of frame is free.  The
+        size limits (1009), which Autobahn checks first, take precedence.
+        """
+        super().onFrameBegin()
+        guard = self._guard
+        if guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
+            frame = self.current_frame
+            verdict = guard.frame(frame.opcode, frame.length, self._now())
+            if verdict is not None:
+                self._act(verdict)
+                self._stop_reading()
+
     def onMessageFrameBegin(self, length: int) -> None:
         if self._perMessageCompress is None:
             super().onMessageFrameBegin(length)
         else:
             with exact_message_size(self):
                 super().onMessageFrameBegin(length)
-        if self._guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
-            self._act(self._guard.frame())
 
     def onMessageEnd(self) -> None:
         """
@@ -220,6 +237,7 @@ class SessionProtocol(WebSocketServerProtocol):
         verdict = guard.message(size, self._now())
         if verdict is not None:
             self._act(verdict)
+            self._stop_reading()
             return
         refusal = self._validate(payload, isBinary).refusal
         if refusal is not None:
@@ -296,16 +314,10 @@ class SessionProtocol(WebSocketServerProtocol):
 
     def onPing(self, payload: bytes) -> None:
         """
-        Pings are charged to the message bucket (a ping flood is a
-        message flood), and not answered while the peer is not reading.
+        A ping (already charged, as every frame is, in :meth:`onFrameBegin`)
+        is answered only while the session is open and the peer is reading.
         """
-        guard = self._guard
-        if guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
-            verdict = guard.control(self._now())
-            if verdict is not None:
-                self._act(verdict)
-                return
-        if not self.write_paused:
+        if not self.write_paused and self.state == WebSocketProtocol.STATE_OPEN:
             super().onPing(payload)
 
     def onFrameData(self, payload: bytes) -> bool | None:
@@ -336,6 +348,18 @@ class SessionProtocol(WebSocketServerProtocol):
         if self.state != WebSocketProtocol.STATE_CLOSED:
             self.wasServerConnectionDropTimeout = True
             self.dropConnection(abort=True)
+
+    def _stop_reading(self) -> None:
+        """
+        After a rate-limit close, read nothing more: what is buffered is
+        dropped, the transport stops reading, and what TLS had already
+        decrypted is ignored, so a flooder's next frames cost nothing; the
+        close timer aborts the connection ``close_timeout`` later.
+        """
+        self._deaf = True
+        self.data = b""
+        transport: Any = self.transport
+        transport.pauseProducing()
 
     def _protocol_violation(self, reason: str) -> bool:
         """Close 1002 and stop reading: the rest of a bad frame (say, a

@@ -2,11 +2,20 @@
 The rules of an open session, without I/O: throttling, fragment counts,
 heartbeats, idleness and lifetime.
 
-A session is a handful of numbers updated in O(1) per message.  Time is
+A session is a handful of numbers updated in O(1) per frame.  Time is
 an argument: the protocol passes ``now`` and acts on the verdicts.  The
 timed checks share one deadline (:meth:`SessionGuard.next_deadline`), so
 a connection needs a single timer, rescheduled only when it fires, never
 per message.
+
+Throttling is charged per frame, as each frame header is read and
+before its payload is: every frame of every opcode (data, continuation,
+ping, pong, close) costs one token of the message bucket and its payload
+length in the byte bucket.  A control frame is as much work for the
+server as a small message, so a flood of pongs (which need no answer)
+or of tiny fragments is a flood like any other.  A compressed message
+is charged its wire size frame by frame, then whatever it inflated to
+beyond that once it is whole.
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ class Ping:
     """Send a ping now."""
 
 
+_RATE_LIMITED = Close(POLICY, "rate limit exceeded", "rate_limited")
+_TOO_MANY_FRAGMENTS = Close(TOO_BIG, "too many fragments", "fragments")
+
+
 class SessionGuard:
     """
     One session's limits.
@@ -55,6 +68,7 @@ class SessionGuard:
         "_last_traffic",
         "_next_ping",
         "_ping_sent",
+        "_wire",
         "bytes",
         "limits",
         "messages",
@@ -68,6 +82,7 @@ class SessionGuard:
         self.messages = TokenBucket(rates.messages_per_second, rates.message_burst)
         self.bytes = TokenBucket(rates.bytes_per_second, rates.bytes_burst)
         self._fragments = 0
+        self._wire = 0
         self._last_data = opened_at
         self._last_traffic = opened_at
         self._ping_sent: float | None = None
@@ -79,33 +94,39 @@ class SessionGuard:
         """Bytes arrived from the peer: it is alive."""
         self._last_traffic = now
 
-    def frame(self) -> Close | None:
-        """A data frame of the current message began."""
-        self._fragments += 1
-        if self._fragments > self.limits.max_fragments:
-            return Close(TOO_BIG, "too many fragments", "fragments")
+    def frame(self, opcode: int, length: int, now: float) -> Close | None:
+        """
+        A frame header was read: ``opcode`` and payload ``length``.
+
+        It costs one message token and ``length`` byte tokens, whatever
+        its opcode.  A data frame also counts towards the current
+        message's fragments (1009 past ``max_fragments``).
+        """
+        if opcode < 8:
+            self._fragments += 1
+            if self._fragments > self.limits.max_fragments:
+                return _TOO_MANY_FRAGMENTS
+            self._wire += length
+        taken = self.messages.take(now)
+        if not (self.bytes.take(now, length) and taken):
+            return _RATE_LIMITED
         return None
 
     def message(self, size: int, now: float) -> Close | None:
         """
-        A whole message of ``size`` bytes arrived.
+        A whole data message of ``size`` bytes arrived (inflated, if it
+        was compressed).
 
-        Both buckets are charged; a client over either rate is closed
-        with 1008.
+        Its frames were charged as they came; only what it inflated to
+        beyond their wire size is charged now.
         """
+        extra = size - self._wire
         self._fragments = 0
+        self._wire = 0
         self._last_data = now
         self._last_traffic = now
-        taken = self.messages.take(now)
-        if not (self.bytes.take(now, size) and taken):
-            return Close(POLICY, "rate limit exceeded", "rate_limited")
-        return None
-
-    def control(self, now: float) -> Close | None:
-        """A ping arrived: it costs one message token, like a message."""
-        self._last_traffic = now
-        if not self.messages.take(now):
-            return Close(POLICY, "rate limit exceeded", "rate_limited")
+        if extra > 0 and not self.bytes.take(now, extra):
+            return _RATE_LIMITED
         return None
 
     # -- time --------------------------------------------------------------

@@ -164,7 +164,7 @@ class LimitsSettings:
     max_write_buffer: int = attrs.field(
         default=1048576, validator=[_positive, _at_most(256 * 2**20)])
     max_fragments: int = attrs.field(
-        default=128, validator=[_positive, _at_most(1_000_000)])
+        default=64, validator=[_positive, _at_most(1_000_000)])
     max_lifetime: float = attrs.field(
         default=86400.0, validator=[_non_negative, _at_most(365 * 86400)])
 

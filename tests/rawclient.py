@@ -241,6 +241,39 @@ class RawClient:
             sent += len(chunk)
         return sent
 
+    def flood(self, chunk: bytes, limit: float) -> int:
+        """
+        Send ``chunk`` over and over, never blocking, until the server
+        starts closing the session or the connection (or ``limit`` s pass).
+
+        Unlike :meth:`stream`, this keeps reading while the server has
+        stopped reading: a flooder blocked in ``send`` would miss the close
+        frame the server sent before it stopped.  Returns the bytes sent.
+        """
+        deadline = time.monotonic() + limit
+        pending, sent = b"", 0
+        while time.monotonic() < deadline:
+            self.pump(0)
+            if self.closed or self.close_frame() is not None:
+                break
+            if not pending:
+                if self.use_tls:
+                    self.tls.write(chunk)
+                    pending = self.outgoing.read()
+                else:
+                    pending = chunk
+            _, writable, _ = select.select([], [self.sock], [], 0.05)
+            if not writable:
+                continue
+            try:
+                n = self.sock.send(pending, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:  # reset: the server is gone
+                break
+            pending, sent = pending[n:], sent + n
+        return sent
+
     def wait_closed(self, limit: float) -> float:
         """Read until the server closes TCP (at most ``limit`` s); when it did."""
         deadline = time.monotonic() + limit

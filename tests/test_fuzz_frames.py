@@ -8,7 +8,7 @@ messages valid or not) and plain noise, in every TCP segmentation.
 
 The oracle is a reference reader of the client's byte stream written
 from RFC 6455/7692 and README.rst's documented limits (1009 for frame,
-message and fragment bounds, 1008 over the message rate, 1007/1003 for
+message and fragment bounds, 1008 over the frame rate, 1007/1003 for
 validation, 1002 for protocol errors), not from the code: it says which
 messages reach the application (and are echoed), which pings are
 answered, and how the session ends (open, closed by the server with one
@@ -238,6 +238,10 @@ class Reader:
                 if n > MAX_FRAME or (not compressed and total > MAX_MESSAGE) \
                         or fragments > MAX_FRAGMENTS:
                     return self._done("server_close", {1009})
+            # README: every frame, of any opcode, costs a token from its header.
+            self.tokens -= 1
+            if self.tokens < 0:
+                return self._done("server_close", {1008})
             raw = data[i:i + n]
             i += len(raw)
             payload = bytes(b ^ key[j % 4] for j, b in enumerate(raw))
@@ -248,9 +252,6 @@ class Reader:
                 if op == 8:
                     return self._client_close(payload)
                 if op == 9:
-                    self.tokens -= 1
-                    if self.tokens < 0:
-                        return self._done("server_close", {1008})
                     self.sent.append((10, payload))
                 continue
             if compressed:
@@ -284,9 +285,6 @@ class Reader:
             if opcode == 1 and utf8.pending:
                 return self._done("server_close", {1007})
             codes: set[int | None] = set()
-            self.tokens -= 1
-            if self.tokens < 0:
-                codes.add(1008)
             if opcode == 2 and not self.allow_binary:
                 codes.add(1003)
             if opcode == 1 and self.json_only:

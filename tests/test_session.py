@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,43 +16,98 @@ def guard(*, limits: dict[str, float] | None = None,
                         RateLimitSettings(**(rates or {})), opened_at=0.0)
 
 
-def test_message_rate_over_the_burst_is_closed_1008() -> None:
-    """message_burst messages pass at once; the next is 1008."""
+TEXT, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x0, 0x8, 0x9, 0xA
+RATE_LIMITED = Close(1008, "rate limit exceeded", "rate_limited")
+
+
+def test_frame_rate_over_the_burst_is_closed_1008() -> None:
+    """message_burst frames pass at once; the next is 1008."""
     g = guard(rates={"messages_per_second": 1, "message_burst": 3})
-    assert [g.message(10, now=0) for _ in range(3)] == [None, None, None]
-    assert g.message(10, now=0) == Close(1008, "rate limit exceeded", "rate_limited")
+    assert [g.frame(TEXT, 10, now=0) for _ in range(3)] == [None, None, None]
+    assert g.frame(TEXT, 10, now=0) == RATE_LIMITED
 
 
-def test_byte_rate_is_throttled_separately() -> None:
-    """A few huge messages exceed bytes_burst even under the message rate."""
+@pytest.mark.parametrize("opcode", [CONTINUATION, TEXT, CLOSE, PING, PONG])
+def test_every_opcode_costs_a_token(opcode: int) -> None:
+    """Control frames (unsolicited pongs included) are charged like data."""
+    g = guard(rates={"messages_per_second": 1, "message_burst": 2},
+              limits={"max_fragments": 100})
+    assert g.frame(opcode, 0, now=0) is None
+    assert g.frame(opcode, 0, now=0) is None
+    assert g.frame(opcode, 0, now=0) == RATE_LIMITED
+
+
+@pytest.mark.parametrize("opcode", [TEXT, PING, PONG])
+def test_every_opcode_costs_its_payload_in_bytes(opcode: int) -> None:
+    """125-byte pongs drain the byte bucket as 125-byte messages do."""
+    g = guard(rates={"bytes_per_second": 1, "bytes_burst": 65536,
+                     "message_burst": 10**6})
+    for _ in range(65536 // 125):
+        assert g.frame(opcode, 125, now=0) is None
+        if opcode < 8:
+            assert g.message(125, now=0) is None
+    assert g.frame(opcode, 125, now=0) == RATE_LIMITED
+
+
+def test_byte_rate_is_charged_from_the_frame_header() -> None:
+    """A frame bigger than what is left is refused before its payload."""
     g = guard(rates={"bytes_per_second": 100, "bytes_burst": 65536})
+    assert g.frame(TEXT, 65536, now=0) is None
     assert g.message(65536, now=0) is None
-    assert g.message(1, now=0) == Close(1008, "rate limit exceeded", "rate_limited")
+    assert g.frame(TEXT, 1, now=0) == RATE_LIMITED
+
+
+def test_inflated_bytes_beyond_the_wire_size_are_charged_at_message_end() -> None:
+    """A compressed message costs what it inflated to, not only its wire size."""
+    g = guard(rates={"bytes_per_second": 1, "bytes_burst": 100_000})
+    assert g.frame(TEXT, 1_000, now=0) is None
+    assert g.message(60_000, now=0) is None
+    assert g.frame(TEXT, 1_000, now=0) is None
+    assert g.message(60_000, now=0) == RATE_LIMITED
+
+
+def test_a_message_is_not_charged_twice_for_its_wire_bytes() -> None:
+    """An uncompressed message's bytes are charged once, by its frames."""
+    g = guard(rates={"bytes_per_second": 1, "bytes_burst": 100})
+    for _ in range(2):
+        assert g.frame(TEXT, 50, now=0) is None
+        assert g.message(50, now=0) is None
+    assert g.frame(TEXT, 1, now=0) == RATE_LIMITED
 
 
 def test_rate_recovers_with_time() -> None:
-    """After 1/rate seconds one more message is allowed."""
+    """After 1/rate seconds one more frame is allowed."""
     g = guard(rates={"messages_per_second": 2, "message_burst": 1})
-    assert g.message(1, now=0) is None
-    assert g.message(1, now=0.4) is not None
+    assert g.frame(PONG, 0, now=0) is None
+    assert g.frame(PONG, 0, now=0.4) is not None
     g = guard(rates={"messages_per_second": 2, "message_burst": 1})
-    assert g.message(1, now=0) is None
-    assert g.message(1, now=0.5) is None
+    assert g.frame(PONG, 0, now=0) is None
+    assert g.frame(PONG, 0, now=0.5) is None
 
 
 def test_too_many_fragments_is_1009() -> None:
-    """The (max_fragments+1)th frame of one message closes with 1009."""
+    """The (max_fragments+1)th data frame of one message closes with 1009."""
     g = guard(limits={"max_fragments": 3})
-    assert [g.frame() for _ in range(3)] == [None, None, None]
-    assert g.frame() == Close(1009, "too many fragments", "fragments")
+    assert [g.frame(CONTINUATION, 1, now=0) for _ in range(3)] == [None] * 3
+    assert g.frame(CONTINUATION, 1, now=0) == Close(1009, "too many fragments",
+                                                    "fragments")
+
+
+def test_control_frames_between_fragments_are_not_fragments() -> None:
+    """Pings inside a fragmented message cost tokens, not fragments."""
+    g = guard(limits={"max_fragments": 2})
+    assert g.frame(TEXT, 1, now=0) is None
+    for _ in range(5):
+        assert g.frame(PING, 0, now=0) is None
+    assert g.frame(CONTINUATION, 1, now=0) is None
 
 
 def test_fragment_count_restarts_with_each_message() -> None:
     """Fragments are counted per message, not per session."""
     g = guard(limits={"max_fragments": 2})
     for _ in range(5):
-        assert g.frame() is None
-        assert g.frame() is None
+        assert g.frame(TEXT, 1, now=0) is None
+        assert g.frame(CONTINUATION, 0, now=0) is None
         assert g.message(1, now=0) is None
 
 
@@ -105,20 +161,43 @@ def test_lifetime_closes_1001_and_zero_means_unlimited() -> None:
     assert g.next_deadline() == 1000
 
 
-@given(st.lists(st.tuples(st.floats(0, 5), st.integers(0, 70000)), max_size=200),
+@given(st.lists(st.tuples(st.floats(0, 5), st.sampled_from([0, 1, 2, 8, 9, 10]),
+                          st.integers(0, 125)), max_size=200),
        st.floats(0.5, 100), st.integers(1, 50))
-def test_admitted_messages_never_exceed_the_bucket_bound(
-    steps: list[tuple[float, int]], rate: float, burst: int
+def test_admitted_frames_never_exceed_the_bucket_bound(
+    steps: list[tuple[float, int, int]], rate: float, burst: int
 ) -> None:
-    """Messages admitted by time t never exceed burst + rate * t."""
+    """Frames admitted by time t, of any opcode mix, never exceed burst + rate * t."""
     g = guard(rates={"messages_per_second": rate, "message_burst": burst,
-                     "bytes_per_second": 2**30, "bytes_burst": 2**31})
+                     "bytes_per_second": 2**30, "bytes_burst": 2**31},
+              limits={"max_fragments": 10**6})
     now, admitted = 0.0, 0
-    for dt, size in steps:
+    for dt, opcode, size in steps:
         now += dt
-        if g.message(size, now) is None:
+        if g.frame(opcode, size, now) is None:
             admitted += 1
             assert admitted <= burst + rate * now + 1e-6
+
+
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(0, 70000),
+                          st.integers(0, 70000)), max_size=100),
+       st.floats(1, 10**6), st.integers(70000, 10**6))
+def test_admitted_bytes_never_exceed_the_bucket_bound(
+    steps: list[tuple[float, int, int]], rate: float, burst: int
+) -> None:
+    """Bytes admitted by time t (wire, then inflated excess) never exceed
+    burst + rate * t."""
+    g = guard(rates={"bytes_per_second": rate, "bytes_burst": burst,
+                     "message_burst": 10**6})
+    now, admitted = 0.0, 0
+    for dt, wire, inflated in steps:
+        now += dt
+        if g.frame(TEXT, wire, now) is not None:
+            return
+        if g.message(max(wire, inflated), now) is not None:
+            return
+        admitted += max(wire, inflated)
+        assert admitted <= burst + rate * now + 1e-3
 
 
 @given(st.lists(st.sampled_from(["tick", "traffic", "message"]), max_size=60),

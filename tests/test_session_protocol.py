@@ -107,7 +107,7 @@ def test_lifetime_closes_with_1001(clock: Clock) -> None:
 def test_message_flood_is_closed_1008(clock: Clock) -> None:
     """Over message_burst messages at once: 1008 'rate limit exceeded'."""
     proto, transport = open_session(clock, ratelimit={
-        "messages_per_second": 1, "message_burst": 5})
+        "messages_per_second": 1, "message_burst": 5}, limits={"max_fragments": 5})
     proto.dataReceived(b"".join(frame(b"x") for _ in range(10)))
     assert close_code(transport.value()) == 1008
     assert transport.value().count(b"\x81\x01x") == 5
@@ -206,10 +206,45 @@ def test_unfinished_handshake_is_dropped_at_handshake_timeout(clock: Clock) -> N
 def test_ping_flood_is_a_message_flood(clock: Clock) -> None:
     """Pings are charged to the message bucket: a flood of them is 1008."""
     proto, transport = open_session(clock, ratelimit={
-        "messages_per_second": 1, "message_burst": 5})
+        "messages_per_second": 1, "message_burst": 5}, limits={"max_fragments": 5})
     proto.dataReceived(b"".join(frame(b"p", opcode=0x9) for _ in range(50)))
     assert close_code(transport.value()) == 1008
     assert transport.value().count(b"\x8a\x01p") == 5
+
+
+@pytest.mark.parametrize("opcode", [0x9, 0xA])
+def test_unsolicited_pong_flood_is_closed_1008(clock: Clock, opcode: int) -> None:
+    """Empty pongs (and pings) cost a token each: past the burst, 1008."""
+    proto, transport = open_session(clock, ratelimit={
+        "messages_per_second": 1, "message_burst": 5}, limits={"max_fragments": 5})
+    proto.dataReceived(b"".join(frame(b"", opcode=opcode) for _ in range(6)))
+    assert close_code(transport.value()) == 1008
+    assert b"rate limit exceeded" in transport.value()
+
+
+def test_control_frame_bytes_count_against_the_byte_bucket(clock: Clock) -> None:
+    """125-byte pongs move no more than bytes_burst before 1008."""
+    proto, transport = open_session(clock, ratelimit={
+        "bytes_per_second": 1, "bytes_burst": 65536, "message_burst": 10**6})
+    proto.dataReceived(b"".join(frame(b"p" * 125, opcode=0xA) for _ in range(524)))
+    assert close_code(transport.value()) is None
+    proto.dataReceived(frame(b"p" * 125, opcode=0xA))
+    assert close_code(transport.value()) == 1008
+
+
+def test_a_flooder_is_read_no_more_once_closed(clock: Clock) -> None:
+    """After the rate-limit close the buffer is dropped and reading stops;
+    the connection goes at close_timeout."""
+    proto, transport = open_session(clock, ratelimit={
+        "messages_per_second": 1, "message_burst": 5}, limits={
+        "max_fragments": 5, "close_timeout": 2})
+    flood = b"".join(frame(b"", opcode=0xA) for _ in range(1000))
+    proto.dataReceived(flood)
+    assert close_code(transport.value()) == 1008
+    assert transport.producerState == "paused"
+    assert proto.data == b""
+    clock.advance(2)
+    assert transport.disconnecting or transport.disconnected
 
 
 def test_oversized_control_frame_is_not_buffered(clock: Clock) -> None:
@@ -226,7 +261,7 @@ def test_oversized_control_frame_is_not_buffered(clock: Clock) -> None:
 def test_data_after_our_close_is_not_delivered(clock: Clock) -> None:
     """Once the server has sent its close, further messages are skipped."""
     proto, transport = open_session(clock, ratelimit={
-        "messages_per_second": 1, "message_burst": 1})
+        "messages_per_second": 1, "message_burst": 1}, limits={"max_fragments": 1})
     proto.dataReceived(frame(b"a") + frame(b"b") + frame(b"c") + frame(b"d"))
     assert close_code(transport.value()) == 1008
     assert [c for c in proto.factory.calls if c[0] == "message"] == [

@@ -181,6 +181,11 @@ class Addresses:
     def in_attacker_net(self, i: int) -> str:
         return str(self.attacker_net[i + 1])
 
+    def flooders(self, count: int) -> list[str]:
+        """``count`` more loopback addresses of this test, one per attacker."""
+        n = next(_serial)
+        return [f"127.{10 + i}.{n // 250}.{n % 250 + 1}" for i in range(count)]
+
 
 # -- the server process ------------------------------------------------------------
 

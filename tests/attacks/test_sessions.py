@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import statistics
+import threading
 import time
 import zlib
 from contextlib import suppress
 
 import pytest
-from rawclient import BINARY, CONTINUATION, PING, TEXT, frame
+from rawclient import BINARY, CONTINUATION, PING, PONG, TEXT, frame
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
 from .harness import (
     CLOSE_TIMEOUT,
@@ -33,9 +36,10 @@ from .harness import (
     MiB,
     Target,
     attack,
+    bearer,
     client,
 )
-from .wire import Wires
+from .wire import Wire, Wires
 
 JUNK = os.urandom(64 * KiB)
 
@@ -255,3 +259,129 @@ def test_non_reading_peer_is_dropped_past_max_write_buffer(
     print(f"non-reading peer sent {sent / MiB:.1f} MiB before the drop")
     assert sent < 200 * len(message)
     closed_by_server(target, since, "slow_consumer", 1008)
+
+
+def _fragmented(count: int) -> bytes:
+    """One text message in ``count`` one-byte frames."""
+    return (frame(b"f", TEXT, fin=False)
+            + b"".join(frame(b"f", CONTINUATION, fin=False) for _ in range(count - 2))
+            + frame(b"f", CONTINUATION))
+
+
+#: What six sessions flood with, 1,000 frames per write.
+FRAME_FLOODS = {
+    "empty-pongs": b"".join(frame(b"", PONG) for _ in range(1000)),
+    "125-byte-pongs": b"".join(frame(b"p" * 125, PONG) for _ in range(1000)),
+    "pings": b"".join(frame(b"", PING) for _ in range(1000)),
+    "messages": b"".join(frame(b"m", TEXT) for _ in range(1000)),
+    "fragments": _fragmented(MAX_FRAGMENTS) * (1000 // MAX_FRAGMENTS),
+}
+FLOODERS = 6
+FLOOD_SECONDS = 2.0
+
+
+class Prober:
+    """Back-to-back echoes on one session, each round trip timed."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.samples: list[tuple[float, float]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        # One probe every 30 ms: within the session's own message rate.
+        while not self._stop.wait(0.03):
+            n += 1
+            began = time.monotonic()
+            try:
+                self.ws.send(f"probe {n}")
+                got = self.ws.recv(timeout=5)
+            except Exception as e:
+                self.errors.append(repr(e))
+                return
+            if got != f"probe {n}":
+                self.errors.append(f"probe {n} got {got!r}")
+            self.samples.append((began, time.monotonic() - began))
+
+    def p50(self, start: float, end: float) -> tuple[float, int]:
+        """Median round trip (ms) of the probes begun within ``[start, end)``."""
+        within = [rtt for at, rtt in self.samples if start <= at < end]
+        return (statistics.median(within) * 1000 if within else float("nan"),
+                len(within))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _flood(target: Target, source: str, chunk: bytes, until: float,
+           verdicts: list[tuple[int, str] | None], errors: list[str]) -> None:
+    """Open sessions from ``source`` and flood each with ``chunk`` until the
+    server closes it; again and again until ``until``.  A refused handshake
+    (429 once the address's places or connect budget are spent) is retried."""
+
+    try:
+        while time.monotonic() < until:
+            wire = Wire(target, source)
+            try:
+                response = wire.upgrade(headers=bearer(target, source))
+                if response.status != 101:
+                    assert response.status == 429, response
+                    time.sleep(0.05)
+                    continue
+                wire.flood(chunk, 10)
+                verdicts.append(wire.close_frame())
+            finally:
+                wire.close()
+    except Exception as e:
+        errors.append(repr(e))
+
+
+@pytest.mark.parametrize("kind", list(FRAME_FLOODS))
+def test_frame_floods_of_every_kind_close_1008(
+    tls_server: Target, who: Addresses, kind: str
+) -> None:
+    """
+    Six sessions at once flood frames of one kind (empty or 125-byte
+    unsolicited pongs, pings, one-byte messages, one-byte fragments),
+    reconnecting whenever they are closed: every flooding session is
+    closed with 1008 "rate limit exceeded" (each frame costs a message
+    token and its bytes), the bystander is served throughout, and its
+    median round trip during the flood is printed beside its quiet one.
+    """
+    target = tls_server
+    since = target.mark()
+    verdicts: list[tuple[int, str] | None] = []
+    errors: list[str] = []
+    with attack(target, who, f"{kind} flood", SESSION_BOUND) as bystander, \
+            client(target, who.good, forwarded_for=who.good_v6) as probe_ws:
+        prober = Prober(probe_ws)
+        try:
+            time.sleep(1.0)
+            quiet_end = flood_start = time.monotonic()
+            until = flood_start + FLOOD_SECONDS
+            threads = [threading.Thread(target=_flood, args=(
+                target, source, FRAME_FLOODS[kind], until, verdicts, errors))
+                for source in who.flooders(FLOODERS)]
+            for thread in threads:
+                thread.start()
+            bystander.during()
+            for thread in threads:
+                thread.join(FLOOD_SECONDS + 30)
+            flood_end = time.monotonic()
+        finally:
+            prober.stop()
+    assert not errors, errors
+    assert not prober.errors, prober.errors
+    quiet, n_quiet = prober.p50(quiet_end - 1.0, quiet_end)
+    during, n_during = prober.p50(flood_start, flood_end)
+    print(f"{kind} flood: {len(verdicts)} flooding sessions; bystander p50 "
+          f"{quiet:.2f} ms quiet ({n_quiet} probes), {during:.2f} ms during the "
+          f"flood ({n_during} probes): {during / quiet:.1f}x")
+    assert len(verdicts) >= FLOODERS
+    assert set(verdicts) == {(1008, "rate limit exceeded")}
+    closed_by_server(target, since, "rate_limited", 1008)
