@@ -53,10 +53,12 @@ __all__ = [
     "OVERFLOW",
     "TOP_OFFENDERS",
     "AlertLogger",
+    "NetworkTally",
     "Offender",
     "SpikeAlert",
     "SpikeDetector",
     "alert_network",
+    "current_window",
     "log_alert",
 ]
 
@@ -121,14 +123,54 @@ class SpikeAlert:
 
 
 @attrs.define
-class _Window:
-    """One counter's tally for one window."""
+class NetworkTally:
+    """
+    Events of one kind in one window, in total and by client network.
+
+    At most ``max_networks`` networks are held; events from networks
+    beyond those count under :data:`OVERFLOW`, so memory is bounded
+    whatever the traffic.
+
+    :ivar index: the window's number (its start is ``index * window``).
+    """
 
     index: int
     count: int = 0
     alerted: bool = False
     networks: dict[str, int] = attrs.field(factory=dict)
     overflow: int = 0
+
+    def add(self, network: str, max_networks: int) -> None:
+        """Count one event from ``network``."""
+        self.count += 1
+        networks = self.networks
+        if network in networks or len(networks) < max_networks:
+            networks[network] = networks.get(network, 0) + 1
+        else:
+            self.overflow += 1
+
+    def top(self, count: int) -> tuple[Offender, ...]:
+        """The ``count`` busiest networks, most events first (ties by name)."""
+        ranked = itertools.chain(self.networks.items(),
+                                 [(OVERFLOW, self.overflow)] if self.overflow else [])
+        best = heapq.nsmallest(count, ranked, key=lambda item: (-item[1], item[0]))
+        return tuple(Offender(net, n) for net, n in best)
+
+
+def current_window(windows: dict[str, NetworkTally], kind: str, window: float,
+                   now: float) -> NetworkTally:
+    """
+    ``kind``'s tally for the window holding ``now``, starting a new one
+    when ``now`` has moved past the held one's window.  A clock stepping
+    back counts in the held window (a window never reopens).
+    """
+    current = windows.get(kind)
+    index = math.floor(now / window) if math.isfinite(now) else None
+    if current is None:
+        current = windows[kind] = NetworkTally(index or 0)
+    elif index is not None and index > current.index:
+        current = windows[kind] = NetworkTally(index)
+    return current
 
 
 class SpikeDetector:
@@ -156,16 +198,10 @@ class SpikeDetector:
         self._ipv6_prefix = ipv6_prefix
         self._max_networks = max_networks
         self._top = top
-        self._windows: dict[str, _Window] = {}
+        self._windows: dict[str, NetworkTally] = {}
 
-    def _window_for(self, counter: str, now: float) -> _Window:
-        current = self._windows.get(counter)
-        index = math.floor(now / self.window) if math.isfinite(now) else None
-        if current is None:
-            current = self._windows[counter] = _Window(index or 0)
-        elif index is not None and index > current.index:
-            current = self._windows[counter] = _Window(index)
-        return current
+    def _window_for(self, counter: str, now: float) -> NetworkTally:
+        return current_window(self._windows, counter, self.window, now)
 
     def record(self, counter: str, client: str, now: float) -> SpikeAlert | None:
         """
@@ -183,26 +219,18 @@ class SpikeDetector:
             known = ", ".join(COUNTERS)
             raise ValueError(f"unknown counter {counter!r}; known: {known}")
         tally = self._window_for(counter, now)
-        tally.count += 1
         if tally.alerted:
             # Nothing more is reported for this window: no per-network work.
+            tally.count += 1
             return None
-        network = alert_network(client, self._ipv6_prefix)
-        networks = tally.networks
-        if network in networks or len(networks) < self._max_networks:
-            networks[network] = networks.get(network, 0) + 1
-        else:
-            tally.overflow += 1
+        tally.add(alert_network(client, self._ipv6_prefix), self._max_networks)
         if tally.count <= threshold:
             return None
         tally.alerted = True
-        ranked = itertools.chain(networks.items(),
-                                 [(OVERFLOW, tally.overflow)] if tally.overflow else [])
-        top = heapq.nsmallest(self._top, ranked, key=lambda item: (-item[1], item[0]))
         alert = SpikeAlert(
             counter=counter, count=tally.count, threshold=threshold,
             window=self.window, window_start=tally.index * self.window,
-            offenders=tuple(Offender(net, count) for net, count in top),
+            offenders=tally.top(self._top),
         )
         # The table has served its purpose for this window.
         tally.networks = {}

@@ -1,6 +1,12 @@
 """
 Which address a connection comes from, and which rate-limit key it shares.
 
+Three deployments, three sources of the client address (see
+:func:`accepted_peer`): the TCP peer itself; the PROXY header a trusted
+TCP load balancer sent before TLS; or ``X-Forwarded-For`` from a trusted
+proxy that terminated TLS in front of securews.  Only the last reads a
+header, and only when no one but that proxy can have written it.
+
 Behind a reverse proxy the TCP peer is the proxy; the client is in
 ``X-Forwarded-For``, which every proxy extends on the right with the
 address it received the request from.  Only the entries that trusted
@@ -18,10 +24,15 @@ import ipaddress
 import re
 from collections.abc import Iterator, Sequence
 
+import attrs
+
 __all__ = [
     "LOCAL_KEY",
     "MAX_FORWARDED_ENTRIES",
+    "Peer",
+    "accepted_peer",
     "client_address",
+    "forwarded_peer",
     "network_key",
     "parse_forwarded_entry",
     "peer_is_trusted",
@@ -176,3 +187,73 @@ def network_key(address: str, ipv6_prefix: int) -> str:
     if isinstance(ip, ipaddress.IPv4Address):
         return str(ip)
     return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+
+
+@attrs.frozen
+class Peer:
+    """
+    Who a connection is, for limits, tickets and logs.
+
+    :ivar address: the client's address, normalised (IPv4-mapped IPv6 as
+        IPv4, no zone), or the peer's own text when it is not an IP
+        address (a UNIX socket: ``"local"``).
+    :ivar key: the rate-limit key of ``address`` (:func:`network_key`).
+    :ivar learned: where ``address`` comes from: ``"tcp"`` (the TCP
+        peer), ``"proxy_header"`` (a PROXY header's source),
+        ``"proxy_local"`` (a PROXY header without a client address: the
+        proxy's own connection, a health check), or ``"forwarded_for"``.
+    :ivar forwarding: the TCP peer is a trusted proxy that terminated TLS:
+        the client is named by ``X-Forwarded-For`` once the request head
+        is read (:func:`forwarded_peer`); until then ``address`` is the
+        proxy's.
+    """
+
+    address: str
+    key: str
+    learned: str
+    forwarding: bool = False
+
+
+def _normalised_host(host: str) -> str:
+    ip = parse_forwarded_entry(host)
+    return host if ip is None else str(ip)
+
+
+def accepted_peer(host: str, *, proxy_header: bool, carried: bool,
+                  trusted: Sequence[IPNetwork], reads_forwarded_for: bool,
+                  ipv6_prefix: int) -> Peer:
+    """
+    The peer of a connection just accepted, before any byte is read.
+
+    :param host: the transport's peer address: the TCP peer, or, behind a
+        PROXY header, the address it carried (the proxy's own when it
+        carried none).
+    :param proxy_header: the connection began with a PROXY header (from a
+        trusted proxy: the PROXY layer checked that).
+    :param carried: the header carried a client address.
+    :param reads_forwarded_for: ``Config.reads_forwarded_for``: a trusted
+        proxy terminated TLS in front of securews.  Never true together
+        with ``proxy_header``: the PROXY header is then the only source.
+    """
+    address = _normalised_host(host)
+    key = network_key(address, ipv6_prefix)
+    if proxy_header:
+        return Peer(address, key, "proxy_header" if carried else "proxy_local")
+    forwarding = reads_forwarded_for and peer_is_trusted(address, trusted)
+    return Peer(address, key, "tcp", forwarding)
+
+
+def forwarded_peer(peer: Peer, forwarded_for: Sequence[str],
+                   trusted: Sequence[IPNetwork], ipv6_prefix: int) -> Peer:
+    """
+    The client behind a forwarding proxy, once the request head is read.
+
+    :param forwarded_for: every ``X-Forwarded-For`` line of the head.
+    :returns: ``peer`` itself unless it is forwarding; else the client
+        :func:`client_address` finds (the proxy itself when the header
+        names no one it can believe).
+    """
+    if not peer.forwarding:
+        return peer
+    address = client_address(peer.address, forwarded_for, trusted)
+    return Peer(address, network_key(address, ipv6_prefix), "forwarded_for")

@@ -123,6 +123,15 @@ class Config:
         if self.server.proxy_protocol and not self.server.trusted_proxies:
             raise ConfigError("needs server.trusted_proxies: PROXY headers are "
                               "believed only from them", key="server.proxy_protocol")
+        if self.server.trust_forwarded_for and not self.server.trusted_proxies:
+            raise ConfigError("needs server.trusted_proxies: X-Forwarded-For is "
+                              "believed only from them",
+                              key="server.trust_forwarded_for")
+        if self.server.trust_forwarded_for and self.server.proxy_protocol:
+            raise ConfigError(
+                "cannot be combined with server.proxy_protocol: the PROXY header "
+                "is then the only source of the client address",
+                key="server.trust_forwarded_for")
         if self.limits.max_frame_size > self.limits.max_message_size:
             raise ConfigError(
                 "must not exceed limits.max_message_size",
@@ -145,6 +154,20 @@ class Config:
             parse_allow_list(self.origin.allowed)
         except OriginError as e:
             raise ConfigError(str(e), key="origin.allowed") from None
+
+    @property
+    def reads_forwarded_for(self) -> bool:
+        """
+        Whether ``X-Forwarded-For`` from a trusted proxy names the client:
+        only when that proxy terminated TLS in front of securews (plaintext,
+        or ``server.trust_forwarded_for`` for a proxy that re-encrypts).
+        When securews terminates TLS itself, only the end client can have
+        written the header; after a PROXY header, that header is the only
+        source of the client address.
+        """
+        server = self.server
+        return not server.proxy_protocol and (
+            not self.tls.enabled or server.trust_forwarded_for)
 
 
 _SECTIONS: dict[str, type[Any]] = {

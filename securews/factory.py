@@ -29,6 +29,7 @@ from securews.auth.interfaces import IAuthenticator, ITicketStore
 from securews.compression import accept_offer, refuse_offers
 from securews.config import Config, from_mapping
 from securews.connlimit import ConnectionCounter
+from securews.failures import FailureLog
 from securews.logs import WireLogger
 from securews.metrics import Metrics
 from securews.origin import parse_allow_list
@@ -119,6 +120,8 @@ class SecureServerFactory(WebSocketServerFactory):
         self.trusted_networks = config.server.trusted_networks
         self.alerts = AlertLogger(config.alerts, config.ratelimit.ipv6_prefix,
                                   self.clock)
+        self.failures = FailureLog(config.alerts.window,
+                                   config.ratelimit.ipv6_prefix, self.clock)
         self.open_sessions = 0
         self.admitted = 0
         self._connections: set[SecureServerProtocol] = set()
@@ -214,6 +217,23 @@ class SecureServerFactory(WebSocketServerFactory):
         self.outcomes[outcome, status] += 1
         self.metrics.handshake(outcome, status, reason, seconds)
 
+    def connection_accepted(self) -> None:
+        """A TCP connection was accepted (counted once, at the outermost layer)."""
+        self.metrics.connection_accepted()
+
+    def connection_dropped(self, reason: str, client: str,
+                           seconds: float | None = None) -> None:
+        """
+        A connection from ``client`` was dropped before its request head,
+        ``seconds`` after it was accepted: counted, and logged in aggregate
+        (:mod:`securews.failures`), never one line per connection.
+        """
+        self.metrics.connection_dropped(reason)
+        if reason != "tls_failure":
+            outcome = "timeout" if reason.endswith("timeout") else "dropped"
+            self.count_outcome(outcome, 0, reason, seconds)
+        self.failures.record(reason, client)
+
     def count_auth_failure(self, method: str, reason: str) -> None:
         self.auth_failures[method, reason] += 1
         self.metrics.auth_failure(method, reason)
@@ -246,6 +266,7 @@ class SecureServerFactory(WebSocketServerFactory):
         """
         if grace is None:
             grace = self.config.server.shutdown_grace
+        self.failures.stop()
         if not self._connections:
             return succeed(None)
         _log.info("closing {count} connections (grace {grace}s)",

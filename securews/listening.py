@@ -81,11 +81,8 @@ def listening_factory(factory: SecureServerFactory,
     if not config.server.proxy_protocol:
         return wrapped
 
-    def dropped(reason: str) -> None:
-        outcome = "timeout" if reason == "proxy_header_timeout" else "dropped"
-        factory.count_outcome(outcome, 0, reason)
-
     return ProxyProtocolFactory(
         wrapped, trusted=config.server.trusted_networks, clock=factory.clock,
-        timeout=config.limits.handshake_timeout, on_drop=dropped,
+        timeout=config.limits.handshake_timeout,
+        on_drop=factory.connection_dropped, on_accept=factory.connection_accepted,
     )

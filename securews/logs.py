@@ -136,10 +136,22 @@ class WireLogger:
     ``__get__`` would hand Autobahn a logger with a live ``debug``):
     ``debug`` and ``trace`` do nothing; the other levels go to a fixed
     ``securews.wire`` namespace.
+
+    :param per_connection: this logger is a connection's (the protocol's).
+        Then ``info``, ``warn`` and ``error`` are discarded too: Autobahn
+        writes them for what one client did (a protocol violation, a
+        dropped connection, a TLS alert such as "certificate unknown"),
+        one line per connection, so any client could flood the log with
+        them; securews logs those events itself, as fixed categories and
+        in aggregate before authentication (:mod:`securews.failures`).
+        ``critical`` and ``failure`` (a bug, not a client) are kept.
     """
 
-    def __init__(self, namespace: str = "securews.wire") -> None:
+    def __init__(self, namespace: str = "securews.wire", *,
+                 per_connection: bool = False) -> None:
         self._logger = Logger(namespace=namespace)
+        if per_connection:
+            self.info = self.warn = self.error = self.debug  # type: ignore[method-assign]
 
     def debug(self, *args: object, **kwargs: object) -> None:
         """Discarded."""

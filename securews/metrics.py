@@ -37,6 +37,7 @@ __all__ = [
     "CLOSE_CATEGORIES",
     "CLOSE_CODES",
     "CONTENT_TYPE",
+    "DROP_REASONS",
     "HANDSHAKE_REASONS",
     "OTHER",
     "OUTCOMES",
@@ -70,12 +71,20 @@ AUTH_REASONS = frozenset({
 #: Handshake refusal reasons (a 401's reason is the authenticator's).
 HANDSHAKE_REASONS = AUTH_REASONS | frozenset({
     "none", "auth_error", "bad_handshake", "bad_json", "body_too_large",
+    "connect_rate",
     "early_data", "handshake_timeout", "header_too_large", "http_version",
     "internal_error", "length_required", "method_not_allowed", "no_credentials",
     "not_found", "origin", "rate_limited", "server_full", "too_many_connections",
     "too_many_pending", "unsupported_media_type", "upgrade_required",
     "untrusted_proxy", "proxy_header_missing", "proxy_header_malformed",
     "proxy_header_too_long", "proxy_header_timeout",
+})
+#: Why a connection was dropped before a request head was read (see
+#: :mod:`securews.failures`).
+DROP_REASONS = frozenset({
+    "connect_rate", "too_many_pending", "untrusted_peer", "untrusted_proxy",
+    "proxy_header_missing", "proxy_header_malformed", "proxy_header_too_long",
+    "proxy_header_timeout", "tls_failure", "handshake_timeout",
 })
 #: Why securews closed a session (:mod:`securews.session`,
 #: :mod:`securews.validation`, slow consumers, an application hook that
@@ -212,6 +221,12 @@ class Metrics:
         self._slow_consumers = Counter(
             "securews_slow_consumer_drops", "Sessions dropped for not reading "
             "(also server_closes{category=\"slow_consumer\"}).", registry=registry)
+        self._accepted = Counter(
+            "securews_connections_accepted", "TCP connections accepted, before "
+            "anything was read from them.", registry=registry)
+        self._dropped = Counter(
+            "securews_connections_dropped", "Connections dropped before a "
+            "request head was read, by reason.", ["reason"], registry=registry)
         self._tls_failures = Counter(
             "securews_tls_handshake_failures", "Connections lost to an OpenSSL "
             "error before any application data: failed TLS handshakes.",
@@ -273,6 +288,14 @@ class Metrics:
         self._child(self._session_closes,
                bounded(1005 if code is None else code, CLOSE_CODES),
                bounded(initiator, _INITIATORS)).inc()
+
+    def connection_accepted(self) -> None:
+        """A TCP connection was accepted."""
+        self._accepted.inc()
+
+    def connection_dropped(self, reason: str) -> None:
+        """A connection was dropped before its request head, for ``reason``."""
+        self._child(self._dropped, bounded(reason, DROP_REASONS)).inc()
 
     def tls_failure(self) -> None:
         """A connection failed its TLS handshake."""

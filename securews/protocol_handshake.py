@@ -32,11 +32,12 @@ from securews.auth.interfaces import (
     Principal,
     TicketRejected,
 )
-from securews.client_address import client_address, network_key, peer_is_trusted
+from securews.backpressure import limit_send_buffer
+from securews.client_address import Peer, accepted_peer, forwarded_peer
 from securews.handshake import HeadScanner, Refusal, RequestHead, route
 from securews.logs import WireLogger
 from securews.origin import OriginError, origin_allowed, parse_origin
-from securews.proxy_protocol import proxied_by
+from securews.proxy_protocol import proxy_header
 from securews.refusal import render_refusal
 from securews.ticket_endpoint import (
     Preflight,
@@ -77,7 +78,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     client: str = ""
     peer_host: str = ""
 
-    log = WireLogger()
+    log = WireLogger(per_connection=True)
     _scanner: HeadScanner | None = None
     _reaper: IDelayedCall | None = None
     _handshake_timer: IDelayedCall | None = None
@@ -90,8 +91,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _ticket_length: int | None = None
     _ticket_origin: str | None = None
     _ticket_started = False
+    _dropped = False
     _admitted = False
     _accepted_at: float | None = None
+    _peer: Peer
 
     def _choose_subprotocol(self, offered: list[str]) -> str | None:
         """Overridden by the session half, which knows the app's subprotocols."""
@@ -105,42 +108,61 @@ class HandshakeProtocol(WebSocketServerProtocol):
         return self.transport  # type: ignore[return-value]
 
     def connectionMade(self) -> None:
-        peer = self._transport.getPeer()
-        self.peer_host = getattr(peer, "host", "") or "local"
-        self.client = self.peer_host
+        """
+        A connection was accepted; nothing has been read yet, no TLS work
+        done.  Settle who the peer is, then charge it before anything costs
+        the server: one connect token (a client beyond its connect rate is
+        dropped here, so it cannot make the server do more than
+        ``connect_burst + connect_rate * t`` TLS handshakes) and one place
+        among its unfinished handshakes.  Behind a proxy that terminated
+        TLS, the client is known only from the request head, which charges
+        it then.
+        """
         factory = self.factory
+        config = factory.config
+        transport = self._transport
+        header = proxy_header(self.transport)
+        if header is None:
+            factory.connection_accepted()
+        peer = self._peer = accepted_peer(
+            getattr(transport.getPeer(), "host", "") or "local",
+            proxy_header=header is not None,
+            carried=header is not None and header.source is not None,
+            trusted=factory.trusted_networks,
+            reads_forwarded_for=config.reads_forwarded_for,
+            ipv6_prefix=config.ratelimit.ipv6_prefix)
+        self.peer_host = self.client = peer.address
         self._accepted_at = factory.clock.seconds()
         factory.connection_made(self)
         super().connectionMade()
         # securews's own timer: Autobahn's rounds deadlines down to a whole
         # second (txaio's batched timer), cutting short timeouts by up to 1 s.
         self._handshake_timer = factory.clock.callLater(
-            factory.config.limits.handshake_timeout, self._handshake_expired)
-        trusted = self._from_trusted_proxy()
-        # Plaintext needs a trusted TCP peer: the proxy itself, or a proxy
-        # that vouched for the client in a PROXY header.
-        via_proxy = trusted or proxied_by(self.transport) is not None
-        if not factory.config.tls.enabled and not via_proxy:
-            _log.warn(
-                "plaintext connection from {client} refused: not a trusted proxy",
-                event="connection", client=self.client, outcome="refused",
-                reason="untrusted_peer",
-            )
-            self._transport.abortConnection()
-        elif not trusted:
-            # Handshakes in progress count per peer from the first byte, so
-            # half-sent heads cannot pile up beneath the per-client limit.
-            key = network_key(self.peer_host, factory.config.ratelimit.ipv6_prefix)
-            if factory.pending_per_peer.try_acquire(key):
-                self._pending_key = key
-            else:
-                _log.warn(
-                    "connection from {client} dropped: too many unfinished "
-                    "handshakes", event="connection", client=self.client,
-                    outcome="refused", reason="too_many_pending",
-                )
-                factory.count_outcome("dropped", 0, "too_many_pending")
-                self._transport.abortConnection()
+            config.limits.handshake_timeout, self._handshake_expired)
+        if not config.tls.enabled and not (peer.forwarding or header is not None):
+            # Plaintext needs a trusted TCP peer: the proxy itself, or a proxy
+            # that vouched for the client in a PROXY header.
+            self._drop_at_accept("untrusted_peer")
+        else:
+            limit_send_buffer(transport, config.limits.send_buffer)
+            if not peer.forwarding:
+                self._admit_peer(peer)
+
+    def _admit_peer(self, peer: Peer) -> None:
+        """Charge a client known at accept time (see :meth:`connectionMade`)."""
+        factory = self.factory
+        factory.alerts.record("connect_attempts", peer.address)
+        if not factory.connect_rate.take(peer.key, factory.clock.seconds()):
+            self._drop_at_accept("connect_rate")
+        elif factory.pending_per_peer.try_acquire(peer.key):
+            self._pending_key = peer.key
+        else:
+            self._drop_at_accept("too_many_pending")
+
+    def _drop_at_accept(self, reason: str) -> None:
+        self._dropped = True
+        self.factory.connection_dropped(reason, self.client)
+        self._transport.abortConnection()
 
     def _handshake_expired(self) -> None:
         """No complete upgrade (or ticket answer) within handshake_timeout."""
@@ -161,10 +183,16 @@ class HandshakeProtocol(WebSocketServerProtocol):
             # OpenSSL failed before any request byte was decrypted: a TLS
             # handshake failure (no shared suite or version, a client that
             # rejects the certificate, plain HTTP on the TLS port, ...).
+            # The client's doing: counted and summarised, never an error.
             self.factory.metrics.tls_failure()
+            self.factory.connection_dropped("tls_failure", self.client)
         elif getattr(self, "wasOpenHandshakeTimeout", False):
-            self.factory.count_outcome("timeout", 0, "handshake_timeout",
-                                       self._elapsed())
+            if self._head is None:
+                self.factory.connection_dropped("handshake_timeout", self.client,
+                                                self._elapsed())
+            else:
+                self.factory.count_outcome("timeout", 0, "handshake_timeout",
+                                           self._elapsed())
         try:
             super().connectionLost(reason)
         finally:
@@ -174,9 +202,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
             self.factory.connection_lost(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state == WebSocketProtocol.STATE_CLOSED or self._ticket_started:
-            # Refused, closed, or a ticket request whose body is complete:
-            # nothing more is read, so nothing piles up meanwhile.
+        if (self._dropped or self._ticket_started
+                or self.state == WebSocketProtocol.STATE_CLOSED):
+            # Dropped, refused, closed, or a ticket request whose body is
+            # complete: nothing more is read, so nothing piles up meanwhile.
             return
         super().dataReceived(data)
 
@@ -208,9 +237,6 @@ class HandshakeProtocol(WebSocketServerProtocol):
         if self._pending_key is not None:
             self.factory.pending_per_peer.release(self._pending_key)
             self._pending_key = None
-
-    def _from_trusted_proxy(self) -> bool:
-        return peer_is_trusted(self.peer_host, self.factory.trusted_networks)
 
     # -- opening handshake -------------------------------------------------
 
@@ -256,14 +282,20 @@ class HandshakeProtocol(WebSocketServerProtocol):
         if decision is None or isinstance(decision, Refusal):
             return decision
         head = self._head = decision
-        self.client = client_address(self.peer_host, head.values("x-forwarded-for"),
-                                     factory.trusted_networks)
-        factory.alerts.record("connect_attempts", self.client)
-        key = network_key(self.client, factory.config.ratelimit.ipv6_prefix)
-        now = factory.clock.seconds()
-        if not factory.connect_rate.take(key, now):
-            wait = max(1, math.ceil(factory.connect_rate.retry_after(key, now)))
-            return Refusal(429, "rate_limited", (("Retry-After", str(wait)),))
+        peer = self._peer
+        if peer.forwarding:
+            # Behind a proxy that terminated TLS: the client is known now.
+            peer = self._peer = forwarded_peer(
+                peer, head.values("x-forwarded-for"), factory.trusted_networks,
+                factory.config.ratelimit.ipv6_prefix)
+            self.client = peer.address
+            factory.alerts.record("connect_attempts", self.client)
+            now = factory.clock.seconds()
+            if not factory.connect_rate.take(peer.key, now):
+                wait = max(1, math.ceil(factory.connect_rate.retry_after(peer.key,
+                                                                         now)))
+                return Refusal(429, "rate_limited", (("Retry-After", str(wait)),))
+        key = peer.key
         self._release_pending()
         tickets = factory.ticket_store is not None and head.path == factory.ticket_path
         if not tickets:

@@ -53,7 +53,6 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
@@ -71,6 +70,7 @@ __all__ = [
     "ProxyProtocolFactory",
     "ProxyProtocolWrapper",
     "proxied_by",
+    "proxy_header",
     "read_header",
 ]
 
@@ -87,7 +87,6 @@ MAX_V2_HEADER = 1024
 _V1_SIGNATURE = b"PROXY "
 _V2_SIGNATURE = V2Parser.PREFIX
 _CRLF = b"\r\n"
-_log = Logger(namespace="securews.proxy")
 
 
 class BadProxyHeader(ValueError):
@@ -218,6 +217,18 @@ def read_header(data: bytes) -> ProxyHeader | None:
     raise BadProxyHeader("missing")
 
 
+def _proxy_layer(transport: object) -> ProxyProtocolWrapper | None:
+    for _ in range(8):
+        if isinstance(transport, ProxyProtocolWrapper):
+            return transport
+        # The instance attribute only: ProtocolWrapper.__getattr__ would
+        # hand back the next transport's attributes.
+        transport = getattr(transport, "__dict__", {}).get("transport")
+        if transport is None:
+            return None
+    return None
+
+
 def proxied_by(transport: object) -> IAddress | None:
     """
     The TCP peer (a trusted proxy) that vouched for this connection's
@@ -227,15 +238,17 @@ def proxied_by(transport: object) -> IAddress | None:
     :returns: ``None`` when the connection did not come through
         :class:`ProxyProtocolWrapper`.
     """
-    for _ in range(8):
-        if isinstance(transport, ProxyProtocolWrapper):
-            return transport.proxy_peer
-        # The instance attribute only: ProtocolWrapper.__getattr__ would
-        # hand back the next transport's attributes.
-        transport = getattr(transport, "__dict__", {}).get("transport")
-        if transport is None:
-            return None
-    return None
+    layer = _proxy_layer(transport)
+    return None if layer is None else layer.proxy_peer
+
+
+def proxy_header(transport: object) -> ProxyHeader | None:
+    """
+    The PROXY header this connection began with, looking through wrapping
+    transports (TLS) below ``transport``; ``None`` without the PROXY layer.
+    """
+    layer = _proxy_layer(transport)
+    return None if layer is None else layer.header
 
 
 class ProxyProtocolWrapper(ProtocolWrapper):
@@ -264,14 +277,9 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     def connectionMade(self) -> None:
         settings = self._settings
         settings.registerProtocol(self)  # type: ignore[no-untyped-call]
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host = getattr(peer, "host", "") or "local"
-        if not peer_is_trusted(host, settings.trusted):
-            _log.warn(
-                "connection from {client} dropped: proxy header from untrusted "
-                "peer (not in server.trusted_proxies)", event="connection",
-                client=host, outcome="refused", reason="untrusted_proxy",
-            )
+        if settings.on_accept is not None:
+            settings.on_accept()
+        if not peer_is_trusted(self._host(), settings.trusted):
             self._drop("untrusted_proxy")
             return
         self._timer = settings.clock.callLater(settings.timeout, self._timed_out)
@@ -328,20 +336,20 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         self._refuse("proxy_header_timeout")
 
     def _refuse(self, reason: str) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        _log.warn(
-            "connection from proxy {client} dropped: no valid PROXY header "
-            "({reason})", event="connection", client=getattr(peer, "host", "local"),
-            outcome="refused", reason=reason,
-        )
         self._drop(reason)
 
+    def _host(self) -> str:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        return getattr(peer, "host", "") or "local"
+
     def _drop(self, reason: str) -> None:
+        """Abort, and report it: the caller counts and logs in aggregate (one
+        line per connection would let any client flood the log)."""
         self._dropped = True
         self._buffer = b""
         self._cancel_timer()
         if self._settings.on_drop is not None:
-            self._settings.on_drop(reason)
+            self._settings.on_drop(reason, self._host())
         self.abortConnection()
 
     def _cancel_timer(self) -> None:
@@ -361,9 +369,12 @@ class ProxyProtocolFactory(WrappingFactory[ProxyProtocolWrapper]):
     :param clock: for the header timeout.
     :param timeout: seconds a trusted peer has to send a complete header.
     :param on_drop: called once for every connection this layer drops, with
-        the reason logged: ``untrusted_proxy``, ``proxy_header_missing``,
+        the reason (``untrusted_proxy``, ``proxy_header_missing``,
         ``proxy_header_malformed``, ``proxy_header_too_long`` or
-        ``proxy_header_timeout``.
+        ``proxy_header_timeout``) and the TCP peer's address.  Nothing
+        is logged here, per connection.
+    :param on_accept: called for every TCP connection accepted, before
+        anything is read.
     """
 
     protocol = ProxyProtocolWrapper
@@ -371,7 +382,8 @@ class ProxyProtocolFactory(WrappingFactory[ProxyProtocolWrapper]):
 
     def __init__(self, wrapped: IProtocolFactory, *, trusted: Sequence[IPNetwork],
                  clock: IReactorTime, timeout: float,
-                 on_drop: Callable[[str], None] | None = None) -> None:
+                 on_drop: Callable[[str, str], None] | None = None,
+                 on_accept: Callable[[], None] | None = None) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be greater than 0, got {timeout!r}")
         super().__init__(wrapped)  # type: ignore[no-untyped-call]
@@ -379,6 +391,7 @@ class ProxyProtocolFactory(WrappingFactory[ProxyProtocolWrapper]):
         self.clock = clock
         self.timeout = timeout
         self.on_drop = on_drop
+        self.on_accept = on_accept
 
     def buildProtocol(  # type: ignore[override]
         self, addr: IAddress | None

@@ -47,6 +47,15 @@ def _non_negative(_inst: object, a: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"must not be negative, got {value!r}")
 
 
+def _at_least(limit: float) -> Callable[[object, attrs.Attribute[Any], float], None]:
+    def check(_inst: object, a: attrs.Attribute[Any], value: float) -> None:
+        if value < limit:
+            shown = int(limit) if float(limit).is_integer() else limit
+            raise ValueError(f"must be at least {shown}, got {value!r}")
+
+    return check
+
+
 def _at_most(limit: float) -> Callable[[object, attrs.Attribute[Any], float], None]:
     """Upper bounds stop a typo (an extra zero) from disabling a defence."""
 
@@ -95,6 +104,7 @@ class ServerSettings:
     shutdown_grace: float = attrs.field(
         default=10.0, validator=[_non_negative, _at_most(3600)])
     proxy_protocol: bool = False
+    trust_forwarded_for: bool = False
 
     @trusted_proxies.validator
     def _check_proxies(self, a: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -167,6 +177,8 @@ class LimitsSettings:
         default=64, validator=[_positive, _at_most(1_000_000)])
     max_lifetime: float = attrs.field(
         default=86400.0, validator=[_non_negative, _at_most(365 * 86400)])
+    send_buffer: int = attrs.field(
+        default=131072, validator=[_at_least(4096), _at_most(16 * 2**20)])
 
 
 @attrs.frozen

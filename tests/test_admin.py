@@ -263,11 +263,12 @@ async def launch(certs: CertFiles) -> AsyncIterator[Callable[..., Any]]:
 async def test_scrape_after_scripted_run_shows_exact_counter_deltas(
     certs: CertFiles, launch: Any
 ) -> None:
-    """Accepted, 403, 1009, 1008, ping timeout, 429, TLS failure: exact deltas."""
+    """Accepted, 403, 1009, 1008, ping timeout, TLS failure, dropped over the
+    connect rate: exact deltas."""
     run = await launch(
         limits={"max_message_size": 1024, "max_frame_size": 1024,
-                "ping_interval": 0.5, "ping_timeout": 1.0},
-        ratelimit={"connect_burst": 5, "connect_rate": 0.01,
+                "ping_interval": 0.5, "ping_timeout": 1.0, "max_fragments": 3},
+        ratelimit={"connect_burst": 6, "connect_rate": 0.01,
                    "message_burst": 3, "messages_per_second": 0.01},
     )
     before = await deferToThread(scrape, run.admin_port)
@@ -322,6 +323,13 @@ async def test_scrape_after_scripted_run_shows_exact_counter_deltas(
         finally:
             raw.close()
 
+    def over_the_connect_rate() -> str:
+        try:
+            with ws_connect(url, ssl=context, origin=ORIGIN):  # type: ignore[arg-type]
+                return "101"
+        except OSError as e:
+            return type(e).__name__
+
     def plain_http() -> None:
         with socket.create_connection(("127.0.0.1", run.port), timeout=TIMEOUT) as s:
             s.sendall(b"GET /ws HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -338,8 +346,8 @@ async def test_scrape_after_scripted_run_shows_exact_counter_deltas(
     assert await deferToThread(oversize) == 1009
     assert await deferToThread(flood) == ([b"x"] * 3, 1008)
     assert await deferToThread(silent) < TIMEOUT - 2
-    assert await deferToThread(refused, ORIGIN) == 429
     await deferToThread(plain_http)
+    assert await deferToThread(over_the_connect_rate) == "ConnectionResetError"
     await until(lambda: run.factory.connection_count == 0, "connections to end")
     after = await deferToThread(scrape, run.admin_port)
 
@@ -350,9 +358,9 @@ async def test_scrape_after_scripted_run_shows_exact_counter_deltas(
     assert counter_deltas(before, after) == {
         key(handshakes, outcome="accepted", status="101", reason="none"): 4,
         key(handshakes, outcome="refused", status="403", reason="origin"): 1,
-        key(handshakes, outcome="refused", status="429", reason="rate_limited"): 1,
+        key(handshakes, outcome="dropped", status="0", reason="connect_rate"): 1,
         key(latency, outcome="accepted"): 4,
-        key(latency, outcome="refused"): 2,
+        key(latency, outcome="refused"): 1,
         key(closes, category="too_big"): 1,
         key(closes, category="rate_limited"): 1,
         key(closes, category="dead_peer"): 1,
@@ -362,8 +370,12 @@ async def test_scrape_after_scripted_run_shows_exact_counter_deltas(
         key(ended, code="1006", initiator="server"): 1,
         key("securews_ping_timeouts_total"): 1,
         key("securews_tls_handshake_failures_total"): 1,
-        key(messages, direction="in"): 5,
-        key(octets, direction="in"): len(b"hello") + 4,
+        key("securews_connections_accepted_total"): 7,
+        key("securews_connections_dropped_total", reason="connect_rate"): 1,
+        key("securews_connections_dropped_total", reason="tls_failure"): 1,
+        # The flood's fourth frame was refused from its header: no message.
+        key(messages, direction="in"): 4,
+        key(octets, direction="in"): len(b"hello") + 3,
         key(messages, direction="out"): 4,
         key(octets, direction="out"): len(b"hello") + 3,
     }

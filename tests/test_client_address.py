@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from securews.client_address import (
     LOCAL_KEY,
     MAX_FORWARDED_ENTRIES,
+    Peer,
+    accepted_peer,
     client_address,
+    forwarded_peer,
     network_key,
     parse_forwarded_entry,
     peer_is_trusted,
@@ -277,3 +280,66 @@ def test_header_lines_behave_as_one_joined_line(
     """Splitting the list over several header lines changes nothing."""
     assert (client_address(peer, forwarded, TRUSTED)
             == client_address(peer, [", ".join(forwarded)], TRUSTED))
+
+
+# -- the three deployments: which source names the client -------------------------
+
+
+def accepted(host: str, *, proxy_header: bool = False, carried: bool = False,
+             reads_forwarded_for: bool = False) -> Peer:
+    return accepted_peer(host, proxy_header=proxy_header, carried=carried,
+                         trusted=TRUSTED, reads_forwarded_for=reads_forwarded_for,
+                         ipv6_prefix=64)
+
+
+def test_direct_peer_is_the_client_and_forwards_nothing() -> None:
+    """No proxy: the TCP peer is the client, known at accept time."""
+    peer = accepted("203.0.113.7", reads_forwarded_for=True)
+    assert peer == Peer("203.0.113.7", "203.0.113.7", "tcp", forwarding=False)
+
+
+def test_trusted_peer_forwards_only_when_it_terminated_tls() -> None:
+    """A trusted TCP peer names the client by X-Forwarded-For only when it
+    terminated TLS; a TCP load balancer with passthrough does not."""
+    assert accepted("10.0.0.2", reads_forwarded_for=True).forwarding
+    assert not accepted("10.0.0.2", reads_forwarded_for=False).forwarding
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_a_proxy_header_never_forwards(carried: bool) -> None:
+    """After a PROXY header, X-Forwarded-For is never read, even when the
+    carried (or the proxy's own) address lies inside trusted_proxies."""
+    peer = accepted("10.1.2.3", proxy_header=True, carried=carried,
+                    reads_forwarded_for=True)
+    assert not peer.forwarding
+    assert peer.learned == ("proxy_header" if carried else "proxy_local")
+    assert forwarded_peer(peer, ["198.51.100.99"], TRUSTED, 64) is peer
+
+
+def test_mapped_and_zoned_peers_are_normalised_at_accept() -> None:
+    """The address limits and logs use is canonical from the start."""
+    assert accepted("::ffff:203.0.113.7").address == "203.0.113.7"
+    assert accepted("local").key == LOCAL_KEY
+
+
+def test_forwarded_peer_names_the_client_behind_the_proxy() -> None:
+    """The head's X-Forwarded-For settles a forwarding peer, and its key."""
+    peer = accepted("10.0.0.2", reads_forwarded_for=True)
+    client = forwarded_peer(peer, ["2001:db8:1:2::7"], TRUSTED, 64)
+    assert client == Peer("2001:db8:1:2::7", "2001:db8:1:2::/64", "forwarded_for")
+
+
+@given(host=peers, forwarded=lines, proxy_header=st.booleans(),
+       carried=st.booleans(), reads=st.booleans())
+def test_forwarded_for_is_read_only_from_a_forwarding_proxy(
+    host: str, forwarded: list[str], proxy_header: bool, carried: bool, reads: bool
+) -> None:
+    """Whatever the header says, it changes the client only when the TCP
+    peer is a trusted proxy that terminated TLS and sent no PROXY header."""
+    peer = accepted(host, proxy_header=proxy_header, carried=carried,
+                    reads_forwarded_for=reads)
+    settled = forwarded_peer(peer, forwarded, TRUSTED, 64)
+    if proxy_header or not reads or not peer_is_trusted(host, TRUSTED):
+        assert settled == peer
+    assert settled.key == network_key(settled.address, 64)
+    assert not settled.forwarding

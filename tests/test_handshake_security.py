@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from memory import (
     ORIGIN,
+    PEER,
     FixedAuthenticator,
     connect,
     handshake,
@@ -20,6 +21,7 @@ from memory import (
 )
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
@@ -35,18 +37,54 @@ def limited(clock: Clock, **ratelimit: Any) -> SecureServerFactory:
     return make_factory(clock, AnonymousAuthenticator(), ratelimit=ratelimit)
 
 
+def metric(factory: SecureServerFactory, name: str, **labels: str) -> float:
+    value = factory.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
 # -- per-client limits ----------------------------------------------------------
 
 
-def test_connect_burst_then_429_with_retry_after(clock: Clock) -> None:
-    """connect_burst handshakes pass at once; the next waits for the rate."""
+def answer(transport: StringTransport) -> int | None:
+    """The response status, or ``None`` for a connection dropped unanswered."""
+    if transport.value() == b"":
+        assert transport.disconnecting or transport.disconnected
+        return None
+    return status(transport)
+
+
+def test_connect_burst_then_dropped_at_accept(clock: Clock) -> None:
+    """
+    connect_burst connections pass at once; the next is dropped as it is
+    accepted, before TLS or a request byte, until the rate refills.
+    """
     factory = limited(clock, connect_rate=0.5, connect_burst=3)
-    codes = [status(handshake(factory)[1]) for _ in range(4)]
+    codes = [answer(handshake(factory)[1]) for _ in range(4)]
+    assert codes == [101, 101, 101, None]
+    clock.advance(1.9)
+    proto, transport = connect(factory)
+    assert transport.disconnecting
+    assert proto.client == PEER
+    clock.advance(0.1)
+    assert answer(handshake(factory)[1]) == 101
+    assert metric(factory, "securews_connections_dropped_total",
+                  reason="connect_rate") == 2
+    assert metric(factory, "securews_connections_accepted_total") == 6
+
+
+def test_connect_burst_behind_a_terminating_proxy_is_429(clock: Clock) -> None:
+    """Behind a proxy that terminated TLS the client is known from the head:
+    past connect_burst, 429 with Retry-After."""
+    factory = make_factory(clock, AnonymousAuthenticator(), tls={"enabled": False},
+                           server={"trusted_proxies": ["10.0.0.0/8"]},
+                           ratelimit={"connect_rate": 0.5, "connect_burst": 3})
+    codes = []
+    for _ in range(4):
+        proto, transport = connect(factory, peer="10.0.0.2")
+        proto.dataReceived(request(extra=("X-Forwarded-For: 192.0.2.50",)))
+        codes.append(answer(transport))
     assert codes == [101, 101, 101, 429]
-    _, transport = handshake(factory)
     assert b"\r\nRetry-After: 2\r\n" in transport.value()
-    clock.advance(2)
-    assert status(handshake(factory)[1]) == 101
 
 
 def test_concurrent_connections_per_client_are_capped(clock: Clock) -> None:
@@ -74,10 +112,16 @@ def test_ipv6_clients_are_counted_per_64(clock: Clock) -> None:
         assert status(transport) == code, peer
 
 
-def test_forwarded_for_is_believed_only_from_trusted_proxies(clock: Clock) -> None:
-    """X-Forwarded-For names the client behind a trusted proxy, else is ignored."""
-    factory = make_factory(clock, AnonymousAuthenticator(),
-                           server={"trusted_proxies": ["10.0.0.0/8"]},
+@pytest.mark.parametrize("deployment", [
+    {"tls": {"enabled": False}, "server": {"trusted_proxies": ["10.0.0.0/8"]}},
+    {"server": {"trusted_proxies": ["10.0.0.0/8"], "trust_forwarded_for": True}},
+], ids=["tls-terminated-upstream", "re-encrypting-proxy"])
+def test_forwarded_for_is_believed_only_from_trusted_proxies(
+    clock: Clock, deployment: dict[str, Any]
+) -> None:
+    """X-Forwarded-For names the client behind a trusted proxy that terminated
+    TLS, else is ignored."""
+    factory = make_factory(clock, AnonymousAuthenticator(), **deployment,
                            ratelimit={"connections_per_ip": 1, "connect_burst": 100})
     xff = ("X-Forwarded-For: 192.0.2.50",)
     via_proxy, transport = connect(factory, peer="10.0.0.2")
@@ -89,8 +133,32 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(clock: Clock) -> No
     assert status(transport) == 429
     spoofer, transport = connect(factory, peer="203.0.113.66")
     spoofer.dataReceived(request(extra=xff))
-    assert status(transport) == 101
-    assert spoofer.client == "203.0.113.66"
+    if factory.config.tls.enabled:
+        assert status(transport) == 101
+        assert spoofer.client == "203.0.113.66"
+    else:  # plaintext is served to the trusted proxies only
+        assert answer(transport) is None
+
+
+def test_forwarded_for_is_ignored_when_securews_terminates_tls(
+    clock: Clock
+) -> None:
+    """
+    With TLS passthrough (securews terminates TLS), X-Forwarded-For rode
+    inside TLS from the end client: a TCP load balancer in trusted_proxies
+    does not make it believable.  Each forged address is the same client.
+    """
+    factory = make_factory(clock, AnonymousAuthenticator(),
+                           server={"trusted_proxies": ["10.0.0.0/8"]},
+                           ratelimit={"connect_burst": 3, "connect_rate": 0.01})
+    codes, clients = [], []
+    for n in range(5):
+        proto, transport = connect(factory, peer="10.0.0.2")
+        proto.dataReceived(request(extra=(f"X-Forwarded-For: 192.0.2.{n}",)))
+        codes.append(answer(transport))
+        clients.append(proto.client)
+    assert codes == [101, 101, 101, None, None]
+    assert set(clients) == {"10.0.0.2"}
 
 
 def test_rate_limit_comes_before_authentication(clock: Clock) -> None:
@@ -98,8 +166,8 @@ def test_rate_limit_comes_before_authentication(clock: Clock) -> None:
     auth = FixedAuthenticator(None)
     factory = make_factory(clock, auth, ratelimit={"connect_burst": 2,
                                                    "connect_rate": 1})
-    codes = [status(handshake(factory)[1]) for _ in range(5)]
-    assert codes == [401, 401, 429, 429, 429]
+    codes = [answer(handshake(factory)[1]) for _ in range(5)]
+    assert codes == [401, 401, None, None, None]
     assert len(auth.requests) == 2
 
 

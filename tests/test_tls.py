@@ -59,9 +59,12 @@ TLS13_AEAD = frozenset({
 async def _serve_tls(serve: Any, files: CertFiles,
                      protocol: type[SecureServerProtocol] | None = None,
                      **tls: str) -> Any:
-    """Listen a dev-mode SecureServerFactory using ``files`` and ``[tls]`` extras."""
+    """Listen a dev-mode SecureServerFactory using ``files`` and ``[tls]``
+    extras; the scans connect many times from one address, so the connect
+    rate is out of their way."""
     config = make_config(
-        tls={"cert": str(files.cert), "key": str(files.key), **tls}, dev=True
+        tls={"cert": str(files.cert), "key": str(files.key), **tls}, dev=True,
+        ratelimit={"connect_burst": 10_000, "connect_rate": 10_000},
     )
     return await serve(SecureServerFactory(config, protocol=protocol))
 

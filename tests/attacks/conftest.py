@@ -102,6 +102,36 @@ def proxy_server(tmp_path_factory: pytest.TempPathFactory, tls_files: CertFiles,
     yield from run(tmp_path_factory, "proxy-server", sections, tls_files, credentials)
 
 
+#: The TCP load balancers of the passthrough targets (loopback addresses
+#: no client of the tests binds).
+PASSTHROUGH_BALANCER = "127.0.0.5"
+PROXY_PROTOCOL_BALANCER = "127.0.0.6"
+
+
+@pytest.fixture(scope="package")
+def passthrough_server(tmp_path_factory: pytest.TempPathFactory, tls_files: CertFiles,
+                       key_files: KeyFiles, tls_sections: Sections) -> Iterator[Target]:
+    """securews terminates TLS behind a TCP load balancer in trusted_proxies,
+    without the PROXY protocol: X-Forwarded-For can only be the client's own."""
+    sections = {**tls_sections, "server": {
+        **tls_sections["server"], "trusted_proxies": [PASSTHROUGH_BALANCER]}}
+    yield from run(tmp_path_factory, "passthrough-server", sections, tls_files,
+                   key_files[0])
+
+
+@pytest.fixture(scope="package")
+def proxy_protocol_server(tmp_path_factory: pytest.TempPathFactory,
+                          tls_files: CertFiles, key_files: KeyFiles,
+                          tls_sections: Sections) -> Iterator[Target]:
+    """TLS passthrough with PROXY v2 from a load balancer: every client
+    connects through it (tests/attacks/harness.py sends its header)."""
+    sections = {**tls_sections, "server": {
+        **tls_sections["server"], "trusted_proxies": [PROXY_PROTOCOL_BALANCER],
+        "proxy_protocol": True}}
+    yield from run(tmp_path_factory, "proxy-protocol-server", sections, tls_files,
+                   key_files[0])
+
+
 @pytest.fixture
 def who() -> Addresses:
     return Addresses.fresh()

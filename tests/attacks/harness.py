@@ -34,8 +34,10 @@ import ipaddress
 import itertools
 import json
 import re
+import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +48,7 @@ import jwt
 from bystander import Bystander
 from conftest import websocket_client_tls
 from processes import TWISTD, Server, peak_rss, toml
+from proxyheaders import v2
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
 
@@ -75,6 +78,8 @@ MESSAGES_PER_SECOND, MESSAGE_BURST = 50.0, 100
 # Generous, so that only max_write_buffer can stop a client that does not
 # read: the kernel's socket buffers take several MiB of echoes first.
 BYTES_PER_SECOND, BYTES_BURST = 4.0 * MiB, 32 * MiB
+ALERT_WINDOW = 1.0
+SEND_BUFFER = 128 * KiB
 
 SESSION_BOUND = 2 * MAX_MESSAGE + 10 * MiB
 SLOW_READER_BOUND = 2 * (MAX_WRITE_BUFFER + MAX_MESSAGE) + 10 * MiB
@@ -107,6 +112,7 @@ def settings(*, tls: dict[str, object], auth: Sections, log_format: str,
             "handshake_timeout": HANDSHAKE_TIMEOUT, "close_timeout": CLOSE_TIMEOUT,
             "idle_timeout": IDLE_TIMEOUT, "ping_interval": PING_INTERVAL,
             "ping_timeout": PING_TIMEOUT, "max_write_buffer": MAX_WRITE_BUFFER,
+            "send_buffer": SEND_BUFFER,
         },
         "origin": {"allowed": [ORIGIN], "allow_missing": False},
         **auth,
@@ -118,6 +124,10 @@ def settings(*, tls: dict[str, object], auth: Sections, log_format: str,
             "bytes_burst": BYTES_BURST,
         },
         "messages": {"allow_binary": True, "format": "any"},
+        # Metrics for the tests to read; one-second windows, so that
+        # aggregated log lines and spike alerts come within a test.
+        "admin": {"listen": "tcp:0:interface=127.0.0.1"},
+        "alerts": {"window": ALERT_WINDOW},
     }
     for name, values in extra.items():
         sections[name] = {**sections.get(name, {}), **values}
@@ -203,7 +213,14 @@ class Target:
         self.credentials = credentials
         self.tls = bool(sections["tls"].get("enabled", True))
         self.json_log = sections["log"]["format"] == "json"
-        self.proxied = bool(sections["server"].get("trusted_proxies"))
+        proxies = list(sections["server"].get("trusted_proxies", []))  # type: ignore[call-overload]
+        #: Behind a proxy that terminated TLS: every connection comes from
+        #: it (127.0.0.1) and X-Forwarded-For names the client.
+        self.proxied = bool(proxies) and not self.tls
+        #: Behind a TCP load balancer (TLS passthrough) at this address,
+        #: which clients connect from.
+        self.balancer: str | None = proxies[0] if proxies and self.tls else None
+        self.proxy_protocol = bool(sections["server"].get("proxy_protocol"))
         config = directory / "securews.toml"
         config.write_text(toml(sections))
         self.server = Server(["--config", str(config)], directory, program)
@@ -219,6 +236,9 @@ class Target:
         self.port = int(found.group(2))
         self.url = f"{found.group(1)}://127.0.0.1:{self.port}/ws"
         self.pid = self.server.process.pid
+        admin = re.search(r"securews admin starting on (\d+)", self.log())
+        assert admin, self.log()
+        self.admin_port = int(admin.group(1))
 
     # -- log ---------------------------------------------------------------
 
@@ -258,8 +278,29 @@ class Target:
 
     def source(self, address: str) -> str:
         """Where a client binds: behind the trusted-proxy listener, every
-        connection comes from the proxy (127.0.0.1)."""
-        return "127.0.0.1" if self.proxied else address
+        connection comes from the proxy (127.0.0.1); behind the PROXY
+        protocol load balancer, from the balancer."""
+        if self.proxied:
+            return "127.0.0.1"
+        if self.proxy_protocol and self.balancer:
+            return self.balancer
+        return address
+
+    def proxy_header(self, client: str) -> bytes:
+        """What the load balancer sends first, for ``client`` (PROXY v2)."""
+        return v2(client, sport=40000) if self.proxy_protocol else b""
+
+    def metrics(self) -> dict[str, float]:
+        """The admin listener's ``/metrics``, as ``{"name{labels}": value}``."""
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
 
     def forwarded(self, client: str | None) -> dict[str, str]:
         return {"X-Forwarded-For": client} if self.proxied and client else {}
@@ -275,12 +316,19 @@ def client(target: Target, source: str, *, forwarded_for: str | None = None,
     ``forwarded_for``), authenticated by ``auth`` headers or ``query``."""
     if auth is None and not query:
         auth = {"Authorization": "Bearer " + target.credentials.token(source)}
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind((target.source(source), 0))
+    sock.connect(("127.0.0.1", target.port))
+    sock.sendall(target.proxy_header(source))
+    sock.settimeout(None)
     return connect(
-        target.url + query, ssl=target.client_tls(), origin=Origin(ORIGIN),
+        target.url + query, sock=sock, ssl=target.client_tls(),
+        origin=Origin(ORIGIN),
         subprotocols=[Subprotocol(name) for name in subprotocols] or None,
         additional_headers={**(auth or {}), **target.forwarded(forwarded_for)},
-        source_address=(target.source(source), 0), proxy=None, compression=None,
-        open_timeout=5, ping_interval=None, max_size=None,
+        proxy=None, compression=None, open_timeout=5, ping_interval=None,
+        max_size=None,
     )
 
 

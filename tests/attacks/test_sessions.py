@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import statistics
+import subprocess
 import threading
 import time
 import zlib
 from contextlib import suppress
 
 import pytest
+from conftest import unavailable
 from rawclient import BINARY, CONTINUATION, PING, PONG, TEXT, frame
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
@@ -29,6 +32,7 @@ from .harness import (
     MESSAGES_PER_SECOND,
     PING_INTERVAL,
     PING_TIMEOUT,
+    SEND_BUFFER,
     SESSION_BOUND,
     SLOW_READER_BOUND,
     Addresses,
@@ -250,15 +254,55 @@ def test_non_reading_peer_is_dropped_past_max_write_buffer(
     with attack(target, who, "non-reading peer", SLOW_READER_BOUND) as bystander:
         wire = wires(target, who.attacker, rcvbuf=64 * KiB)
         wire.open_session(who.attacker)
-        # Half a MB of echoes cannot pass the 1 MiB queue limit yet.
-        sent = wire.stream([message, message], read=False)
-        assert not wire.closed
-        bystander.during()
-        sent += wire.stream(itertools.repeat(message, 200), read=False)
-        wire.wait_closed(5)
-    print(f"non-reading peer sent {sent / MiB:.1f} MiB before the drop")
+        with SendQueue(target.port, wire.sock.getsockname()) as kernel:
+            # Half a MB of echoes cannot pass the 1 MiB queue limit yet.
+            sent = wire.stream([message, message], read=False)
+            assert not wire.closed
+            bystander.during()
+            sent += wire.stream(itertools.repeat(message, 200), read=False)
+            wire.wait_closed(5)
+    print(f"non-reading peer sent {sent / MiB:.1f} MiB before the drop; the "
+          f"server socket's kernel send queue peaked at {kernel.peak / KiB:.0f} "
+          f"KiB in {kernel.samples} samples (bound 2 x send_buffer = "
+          f"{2 * SEND_BUFFER / KiB:.0f} KiB)")
     assert sent < 200 * len(message)
+    assert kernel.samples >= 1
+    assert 0 < kernel.peak <= 2 * SEND_BUFFER
     closed_by_server(target, since, "slow_consumer", 1008)
+
+
+class SendQueue:
+    """
+    Samples, with ``ss``, the kernel send queue (Send-Q: bytes the peer has
+    not acknowledged) of the server's socket for one connection, every
+    10 ms while the block runs: memory the server's RSS does not show.
+    """
+
+    def __init__(self, port: int, client: tuple[str, int]) -> None:
+        if shutil.which("ss") is None:
+            unavailable("ss (Debian package iproute2) is not installed")
+        self._filter = (f"( sport = :{port} and dst {client[0]} "
+                        f"and dport = :{client[1]} )")
+        self.peak = self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            out = subprocess.run(["ss", "-tnH", "state", "established",
+                                  self._filter], capture_output=True, text=True,
+                                 check=True).stdout.split()
+            if len(out) >= 2:
+                self.samples += 1
+                self.peak = max(self.peak, int(out[1]))
+
+    def __enter__(self) -> SendQueue:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def _fragmented(count: int) -> bytes:
@@ -322,13 +366,18 @@ def _flood(target: Target, source: str, chunk: bytes, until: float,
            verdicts: list[tuple[int, str] | None], errors: list[str]) -> None:
     """Open sessions from ``source`` and flood each with ``chunk`` until the
     server closes it; again and again until ``until``.  A refused handshake
-    (429 once the address's places or connect budget are spent) is retried."""
+    (429 once the address's places are taken, or dropped at accept once its
+    connect budget is spent) is retried."""
 
     try:
         while time.monotonic() < until:
             wire = Wire(target, source)
             try:
-                response = wire.upgrade(headers=bearer(target, source))
+                try:
+                    response = wire.upgrade(headers=bearer(target, source))
+                except (AssertionError, OSError):  # dropped at accept
+                    time.sleep(0.05)
+                    continue
                 if response.status != 101:
                     assert response.status == 429, response
                     time.sleep(0.05)

@@ -19,11 +19,20 @@ class Wire(RawClient):
     """One connection to ``target`` from ``source`` (a loopback address)."""
 
     def __init__(self, target: Target, source: str, *,
-                 rcvbuf: int | None = None) -> None:
+                 rcvbuf: int | None = None,
+                 proxy_header: bytes | None = None) -> None:
+        """
+        :param proxy_header: what a PROXY protocol target gets first instead
+            of the balancer's header for ``source`` (an attacker playing
+            the balancer).
+        """
         super().__init__(target.port, websocket_client_tls(target.ca_cert),
                          use_tls=target.tls, source=target.source(source),
                          rcvbuf=rcvbuf)
         self.target = target
+        header = target.proxy_header(source) if proxy_header is None else proxy_header
+        if header and not self.closed:
+            self.sock.sendall(header)
 
     def upgrade(self, path: str = "/ws", headers: dict[str, str] | None = None,
                 origin: str | None = ORIGIN) -> Response:
