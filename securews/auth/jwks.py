@@ -188,6 +188,11 @@ class JWKSKeys:
         """The key set in use."""
         return self._current
 
+    @property
+    def running(self) -> bool:
+        """Whether refreshes happen (between :meth:`start` and :meth:`stop`)."""
+        return self._running
+
     def select(self, token: str) -> VerificationKey:
         """
         The key for ``token`` from the current set, at once.
