@@ -300,7 +300,7 @@ class JWKSKeys:
         if self.plan.failures == 1:
             _log.warn(
                 "JWKS refresh from {host} failed: {why}; still verifying with the "
-                "{count} keys fetched before. Retrying with backoff; logged again "
+                "last good keys ({count}). Retrying with backoff; logged again "
                 "once it works", event="jwks", host=self._where,
                 why=_why(failure, self._timeout, self._max_body),
                 count=len(self._current.keys.by_kid))
