@@ -233,12 +233,12 @@ class JWTSettings:
 
     @jwks_refresh.validator
     def _check_refresh(self, a: attrs.Attribute[Any], value: float) -> None:
-        if value < 60:
+        if not value >= 60:  # NaN too
             raise ValueError(f"must be at least 60, got {value!r}")
 
     @jwks_cooldown.validator
     def _check_cooldown(self, a: attrs.Attribute[Any], value: float) -> None:
-        if value < 1:
+        if not value >= 1:  # NaN too
             raise ValueError(f"must be at least 1 (it bounds fetches an unknown "
                              f"kid can cause), got {value!r}")
 

@@ -555,6 +555,8 @@ def test_metrics_report_failures_last_success_and_key_count() -> None:
     ({"jwks_url": "http://idp.test/jwks"}, "auth.jwt.jwks_url", "https://"),
     ({"jwks_refresh": 59}, "auth.jwt.jwks_refresh", "at least 60"),
     ({"jwks_refresh": 86401}, "auth.jwt.jwks_refresh", "at most 86400"),
+    ({"jwks_refresh": math.nan}, "auth.jwt.jwks_refresh", "at least 60"),
+    ({"jwks_cooldown": math.nan}, "auth.jwt.jwks_cooldown", "at least 1"),
     ({"jwks_cooldown": 0.5}, "auth.jwt.jwks_cooldown", "at least 1"),
     ({"jwks_cooldown": 61}, "auth.jwt.jwks_cooldown", "at most 60"),
     ({"jwks_timeout": 0}, "auth.jwt.jwks_timeout", "greater than 0"),
