@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.defer import Deferred, succeed
@@ -37,6 +37,9 @@ from securews.protocol import SecureServerProtocol
 from securews.protocol_session import PINNED_OPTIONS, PinnedOptions
 from securews.ratelimit import BucketTable
 from securews.validation import build_validator
+
+if TYPE_CHECKING:
+    from securews.auth.jwks import JWKSKeys
 
 __all__ = ["SecureServerFactory"]
 
@@ -98,10 +101,14 @@ class SecureServerFactory(WebSocketServerFactory):
         if not issubclass(protocol, SecureServerProtocol):
             raise TypeError(f"{protocol!r} is not a SecureServerProtocol subclass")
         self.protocol = protocol
+        #: The refreshed JWT keys of ``auth.jwt.jwks_url`` (started and
+        #: stopped with the factory), if any.
+        self.jwks: JWKSKeys | None = None
         if authenticator is None:
             auth = build_authentication(config, self.reactor, ticket_store=ticket_store)
             authenticator = auth.handshake
             ticket_store, ticket_issuer = auth.ticket_store, auth.ticket_issuer
+            self.jwks = auth.jwks
         self.ticket_store = ticket_store if ticket_issuer is not None else None
         self.ticket_issuer = ticket_issuer
         self.authenticator: IAuthenticator = authenticator
@@ -129,6 +136,7 @@ class SecureServerFactory(WebSocketServerFactory):
         self.metrics = Metrics(connections=lambda: len(self._connections),
                                sessions=lambda: self.open_sessions,
                                tickets=self._ticket_count)
+        self.metrics.watch_jwks(self.jwks)
         limits = config.limits
         self.setProtocolOptions(
             webStatus=False,
@@ -168,6 +176,18 @@ class SecureServerFactory(WebSocketServerFactory):
             raise TypeError(f"{', '.join(pinned)}: securews takes these from "
                             "its settings, once")
         super().setProtocolOptions(**options)  # type: ignore[no-untyped-call]
+
+    def startFactory(self) -> None:
+        """Listening: keep the JWKS fresh meanwhile."""
+        super().startFactory()  # type: ignore[no-untyped-call]
+        if self.jwks is not None:
+            self.jwks.start()
+
+    def stopFactory(self) -> None:
+        """No longer listening: no more JWKS refreshes (no timer left behind)."""
+        if self.jwks is not None:
+            self.jwks.stop()
+        super().stopFactory()  # type: ignore[no-untyped-call]
 
     @property
     def clock(self) -> IReactorTime:

@@ -8,7 +8,8 @@ one, so several factories in one process (and tests) do not collide.
 Counters move as things happen, each in O(1) (the per-message ones are
 plain integers, read when scraped); the gauges (open sessions, live
 connections, ticket store size, certificate expiry) are read from their
-owners when scraped, so nothing has to keep them in step.
+owners when scraped, so nothing has to keep them in step (the JWKS
+refresh figures too).
 
 Cardinality is bounded: every label value is one of the fixed sets
 below, securews's own categories, never text from a client and never an
@@ -30,6 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 from securews.settings import AUTH_METHODS
 
 if TYPE_CHECKING:
+    from securews.auth.jwks import JWKSKeys
     from securews.tls import ServerTLSContext
 
 __all__ = [
@@ -164,6 +166,19 @@ class _Live:
                 "securews_tls_certificate_expiry_timestamp_seconds",
                 "When the served TLS certificate expires (notAfter, Unix time).",
                 value=expiry.timestamp())
+        jwks = m.jwks
+        if jwks is not None:
+            yield CounterMetricFamily(
+                "securews_jwks_refresh_failures", "Failed refreshes of the "
+                "auth.jwt.jwks_url key set (the last good keys stay in use).",
+                value=jwks.refresh_failures)
+            yield GaugeMetricFamily(
+                "securews_jwks_last_success_timestamp_seconds",
+                "When the JWKS in use was fetched (Unix time).",
+                value=jwks.last_success)
+            yield GaugeMetricFamily(
+                "securews_jwks_keys", "Usable keys in the JWKS in use.",
+                value=len(jwks.current.keys.by_kid))
 
 
 def _nothing() -> None:
@@ -194,6 +209,7 @@ class Metrics:
         self.sessions = sessions
         self.tickets = tickets
         self.certificate_expiry: Callable[[], datetime.datetime | None] = _nothing
+        self.jwks: JWKSKeys | None = None
         registry = self.registry = CollectorRegistry()
         self._handshakes = Counter(
             "securews_handshakes", "Requests answered (or dropped) before or at "
@@ -245,6 +261,10 @@ class Metrics:
         else:
             self.certificate_expiry = (
                 lambda: context.credentials.leaf.not_valid_after_utc)
+
+    def watch_jwks(self, jwks: JWKSKeys | None) -> None:
+        """Report the refreshes of ``jwks`` (``auth.jwt.jwks_url``), if any."""
+        self.jwks = jwks
 
     def _child(self, metric: Counter | Histogram, *values: str) -> Any:
         """

@@ -231,6 +231,28 @@ class JWTSettings:
     leeway: float = attrs.field(default=30.0, validator=[_non_negative, _at_most(300)])
     query_param: str = attrs.field(
         default="token", validator=_matches(_QUERY_NAME, "query parameter name"))
+    jwks_url: str = attrs.field(default="")
+    jwks_ca: str = ""
+    jwks_timeout: float = attrs.field(default=5.0, validator=[_positive, _at_most(60)])
+    jwks_refresh: float = attrs.field(default=300.0, validator=_at_most(86400))
+    jwks_cooldown: float = attrs.field(default=10.0, validator=_at_most(60))
+
+    @jwks_url.validator
+    def _check_jwks_url(self, a: attrs.Attribute[Any], value: str) -> None:
+        if value and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL (keys fetched in plaintext "
+                             "could be anyone's)")
+
+    @jwks_refresh.validator
+    def _check_refresh(self, a: attrs.Attribute[Any], value: float) -> None:
+        if not value >= 60:  # NaN too
+            raise ValueError(f"must be at least 60, got {value!r}")
+
+    @jwks_cooldown.validator
+    def _check_cooldown(self, a: attrs.Attribute[Any], value: float) -> None:
+        if not value >= 1:  # NaN too
+            raise ValueError(f"must be at least 1 (it bounds fetches an unknown "
+                             f"kid can cause), got {value!r}")
 
     @algorithms.validator
     def _check_algorithms(self, a: attrs.Attribute[Any],

@@ -8,7 +8,7 @@ method that silently lets nobody (or everybody) in.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from zope.interface.verify import verifyObject
@@ -18,6 +18,9 @@ from securews.auth.chain import ChainAuthenticator
 from securews.auth.interfaces import IAuthenticator, ITicketStore
 from securews.auth.tickets import InMemoryTicketStore, TicketAuthenticator, TicketBook
 from securews.config import Config
+
+if TYPE_CHECKING:
+    from securews.auth.jwks import JWKSKeys
 
 __all__ = ["Authentication", "build_authentication"]
 
@@ -29,11 +32,14 @@ class Authentication:
     :ivar ticket_store: where tickets live, when ``ticket`` is a method.
     :ivar ticket_issuer: authenticates ``POST issue_path`` (the methods
         other than ``ticket``), when ``ticket`` is a method.
+    :ivar jwks: the JWT keys of ``auth.jwt.jwks_url``, to be refreshed
+        while the server runs.
     """
 
     handshake: IAuthenticator
     ticket_store: ITicketStore | None = None
     ticket_issuer: IAuthenticator | None = None
+    jwks: JWKSKeys | None = None
 
 
 def _cookie(config: Config, reactor: Any) -> IAuthenticator:
@@ -48,9 +54,19 @@ def _cookie(config: Config, reactor: Any) -> IAuthenticator:
 
 
 def _jwt(config: Config, reactor: Any) -> IAuthenticator:
-    from securews.auth.jwt import JWTAuthenticator, load_jwt_key
+    from securews.auth.jwks import jwt_key_source
+    from securews.auth.jwt import JWTAuthenticator
 
-    return JWTAuthenticator(config.auth.jwt, load_jwt_key(config.auth.jwt), reactor)
+    return JWTAuthenticator(config.auth.jwt, jwt_key_source(config.auth.jwt, reactor),
+                            reactor)
+
+
+def _jwks(authenticators: list[IAuthenticator]) -> JWKSKeys | None:
+    """The refreshed JWKS among ``authenticators``' keys, if any."""
+    from securews.auth.jwks import JWKSKeys
+
+    keys = [getattr(a, "key", None) for a in authenticators]
+    return next((k for k in keys if isinstance(k, JWKSKeys)), None)
 
 
 def build_authentication(config: Config, reactor: Any, *,
@@ -62,7 +78,7 @@ def build_authentication(config: Config, reactor: Any, *,
     :param ticket_store: a shared store (e.g. for several processes);
         by default tickets live in this process's memory.
     :raises ConfigError: for a listed method whose key or secret file is
-        missing or unusable.
+        missing or unusable, or whose JWKS URL gives no usable key now.
     """
     methods = config.auth.methods
     if not methods:
@@ -76,8 +92,9 @@ def build_authentication(config: Config, reactor: Any, *,
             others.append(builders[name](config, reactor))
     for authenticator in others:
         verifyObject(IAuthenticator, authenticator)
+    jwks = _jwks(others) if "jwt" in methods else None
     if "ticket" not in methods:
-        return Authentication(ChainAuthenticator(others))
+        return Authentication(ChainAuthenticator(others), jwks=jwks)
     if ticket_store is None:
         settings = config.auth.ticket
         ticket_store = InMemoryTicketStore(
@@ -87,5 +104,5 @@ def build_authentication(config: Config, reactor: Any, *,
                else others.pop(0) for name in methods if name]
     return Authentication(
         ChainAuthenticator(ordered), ticket_store,
-        ChainAuthenticator([m for m in ordered if m.method != "ticket"]),
+        ChainAuthenticator([m for m in ordered if m.method != "ticket"]), jwks,
     )

@@ -26,41 +26,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from OpenSSL import SSL
-from twisted.internet import ssl
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseNeverReceived,
-    _HTTP11ClientFactory,
-)
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
+from securews.auth._https import (
+    BodyTooLarge,
+    BoundedBody,
+    Discard,
+    check_https_url,
+    trust_root,
+    verifying_agent,
+)
 from securews.auth.interfaces import (
     AuthenticationFailed,
     HandshakeRequest,
     IAuthenticator,
     Principal,
 )
-from securews.config import ConfigError
 from securews.settings import CookieSettings
 
 __all__ = ["IntrospectingCookieAuthenticator"]
@@ -69,56 +62,14 @@ _log = Logger(namespace="securews.auth")
 
 _URL_KEY = "auth.cookie.introspect_url"
 _CA_KEY = "auth.cookie.introspect_ca"
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 _UNREACHABLE = (ConnectError, DNSLookupError, SSL.Error, ResponseNeverReceived,
                 RequestTransmissionFailed)
 
 
 def _check_url(url: str) -> bytes:
     """``introspect_url`` as the bytes Agent wants, or :class:`ConfigError`."""
-    if not url:
-        raise ConfigError("required when auth.cookie.mode is 'introspect'",
-                          key=_URL_KEY)
-    if not url.isascii() or re.search(r"[\x00-\x20\x7f#]", url):
-        raise ConfigError("must be ASCII with no spaces, control characters or "
-                          "fragment (percent-encode the rest)", key=_URL_KEY)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a bad port
-    except ValueError:
-        raise ConfigError(f"{url!r} is not a valid URL", key=_URL_KEY) from None
-    if parts.scheme != "https":
-        raise ConfigError("must be an https:// URL", key=_URL_KEY)
-    if not parts.hostname:
-        raise ConfigError(f"{url!r} names no host", key=_URL_KEY)
-    if "@" in parts.netloc:
-        raise ConfigError("must not hold credentials (user@host)", key=_URL_KEY)
-    return url.encode("ascii")
-
-
-def _trust_root(path: str) -> object:
-    """
-    An ``IOpenSSLTrustRoot``: the CAs in PEM file ``path``, or the
-    system's when ``path`` is empty.
-    """
-    if not path:
-        return ssl.platformTrust()
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path!r}: {e.strerror or e}",
-                          key=_CA_KEY) from None
-    blocks = _PEM_CERTIFICATE.findall(data)
-    if not blocks:
-        raise ConfigError(f"{path!r} holds no PEM certificate", key=_CA_KEY)
-    try:
-        certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
-    except Exception:
-        raise ConfigError(f"{path!r} holds a certificate that does not parse",
-                          key=_CA_KEY) from None
-    root: object = ssl.trustRootFromCertificates(certificates)
-    return root
+    return check_https_url(url, key=_URL_KEY,
+                           missing="required when auth.cookie.mode is 'introspect'")
 
 
 def _has_cookie(headers: list[str], name: str) -> bool:
@@ -139,54 +90,9 @@ def _refuse(reason: str, status: int | None = None,
     return AuthenticationFailed(reason)
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """Twisted's, without two INFO events ("Starting factory") per handshake."""
-
-    noisy = False
-
-
-class _BoundedBody(Protocol):
-    """
-    Collects a response body of at most ``limit`` bytes into ``done``.
-
-    Beyond the limit it stops the transport (closing the connection) and
-    fails ``done`` with ``"introspection_error"``; cancelling ``done``
-    stops the transport too.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self.chunks: list[bytes] = []
-        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
-
-    def _stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            self._stop()
-            self.done.errback(_refuse("introspection_error", 200, "body_too_large"))
-            return
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
-            if reason.check(ResponseDone, PotentialDataLoss):
-                self.done.callback(b"".join(self.chunks))
-            else:
-                self.done.errback(reason)
-
-
-class _Discard(Protocol):
-    """Takes a refusal's body by closing the connection: nothing is buffered."""
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()  # type: ignore[union-attr]
+def _too_large(failure: Failure) -> Failure:
+    failure.trap(BodyTooLarge)
+    raise _refuse("introspection_error", 200, "body_too_large")
 
 
 def _principal(body: bytes) -> Principal:
@@ -239,7 +145,7 @@ class IntrospectingCookieAuthenticator:
                  agent: IAgent | None = None, max_entries: int = 10_000,
                  max_body: int = 65_536) -> None:
         self._url = _check_url(settings.introspect_url)
-        trust = _trust_root(settings.introspect_ca)
+        trust = trust_root(settings.introspect_ca, key=_CA_KEY)
         self._name = settings.name
         self._reactor = reactor
         self._ttl = settings.introspect_cache
@@ -247,10 +153,7 @@ class IntrospectingCookieAuthenticator:
         self._max_entries = max_entries
         self._max_body = max_body
         if agent is None:
-            pool = HTTPConnectionPool(reactor, persistent=False)
-            pool._factory = _QuietClientFactory
-            agent = Agent(reactor, pool=pool, connectTimeout=self._timeout,
-                          contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
+            agent = verifying_agent(reactor, trust, self._timeout)
         self._agent: IAgent = agent
         self._cache: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
         self._pending: dict[bytes, list[Deferred[Principal | None]]] = {}
@@ -284,10 +187,10 @@ class IntrospectingCookieAuthenticator:
 
     def _read(self, response: IResponse) -> Deferred[Principal]:
         if response.code == 200:
-            body = _BoundedBody(self._max_body)
+            body = BoundedBody(self._max_body)
             response.deliverBody(body)
-            return body.done.addCallback(_principal)
-        response.deliverBody(_Discard())
+            return body.done.addCallbacks(_principal, _too_large)
+        response.deliverBody(Discard())
         raise _refuse("rejected" if response.code in (401, 403)
                       else "introspection_error", response.code)
 

@@ -3,10 +3,12 @@ Bearer JWTs, from a query parameter or ``Authorization: Bearer``.
 
 Browsers cannot set headers on a WebSocket handshake, so the token
 usually rides in the query string; other clients may send a header.
-Which key verifies a token and with which algorithms is settled once, at
-startup, from the operator's key file; a token only ever picks among
-those (by ``kid``), never the algorithm, so ``alg: none`` and HS256/RS256
-confusion have nothing to pick.
+Which keys verify tokens and with which algorithms is settled by the
+operator: a key file read at startup, or the identity provider's JWKS
+URL (:mod:`securews.auth.jwks`, refreshed as the provider rotates keys).
+A token only ever picks among those keys (by ``kid``), never the
+algorithm, so ``alg: none`` and HS256/RS256 confusion have nothing to
+pick.
 
 Failures are fixed categories; token text never reaches an exception, a
 log or a :class:`~securews.config.ConfigError`.
@@ -34,12 +36,19 @@ from securews.auth.interfaces import (
     Principal,
     decided,
 )
-from securews.auth.jwt_keys import JWTKey, VerificationKey, load_jwt_key, read_secret
+from securews.auth.jwt_keys import (
+    JWTKey,
+    KeySource,
+    VerificationKey,
+    load_jwt_key,
+    read_secret,
+)
 from securews.handshake import RequestHead
 from securews.settings import JWTSettings
 
-__all__ = ["MAX_TOKEN_LENGTH", "JWTAuthenticator", "JWTKey", "VerificationKey",
-           "bearer_token", "load_jwt_key", "read_secret", "verify_token"]
+__all__ = ["MAX_TOKEN_LENGTH", "JWTAuthenticator", "JWTKey", "KeySource",
+           "VerificationKey", "bearer_token", "load_jwt_key", "read_secret",
+           "verify_token"]
 
 #: Longer tokens are refused before any parsing or cryptography.
 MAX_TOKEN_LENGTH = 8192
@@ -101,7 +110,7 @@ def _time(claims: Mapping[str, Any], name: str) -> float | None:
     return seconds
 
 
-def verify_token(token: str, keys: JWTKey, *, now: float, leeway: float,
+def verify_token(token: str, keys: KeySource, *, now: float, leeway: float,
                  issuer: str = "", audience: str = "",
                  max_age: float | None = None) -> dict[str, Any]:
     """
@@ -149,17 +158,21 @@ def verify_token(token: str, keys: JWTKey, *, now: float, leeway: float,
 @implementer(IAuthenticator)
 class JWTAuthenticator:
     """
-    Bearer JWTs verified with the operator's key (see :func:`load_jwt_key`).
+    Bearer JWTs verified with the operator's keys.
 
+    :param key: picks the key for a token: a :class:`JWTKey` (see
+        :func:`load_jwt_key`) or a refreshed JWKS
+        (:class:`~securews.auth.jwks.JWKSKeys`).
     :param clock: gives "now" for ``exp``, ``nbf`` and ``iat``.
+    :ivar key: ``key``.
     """
 
     method = "jwt"
 
-    def __init__(self, settings: JWTSettings, key: JWTKey,
+    def __init__(self, settings: JWTSettings, key: KeySource,
                  clock: IReactorTime) -> None:
         self._settings = settings
-        self._key = key
+        self.key = key
         self._clock = clock
 
     def authenticate(self, request: HandshakeRequest) -> Deferred[Principal | None]:
@@ -175,7 +188,7 @@ class JWTAuthenticator:
         if token is None:
             return None
         s = self._settings
-        claims = verify_token(token, self._key, now=self._clock.seconds(),
+        claims = verify_token(token, self.key, now=self._clock.seconds(),
                               leeway=s.leeway, issuer=s.issuer, audience=s.audience)
         return Principal(id=claims["sub"], method=self.method, claims=claims)
 

@@ -7,14 +7,19 @@ algorithms must fit it: HS* only with a secret, RS*/PS* only with RSA,
 ES* only with the matching curve, EdDSA only with Edwards keys, and
 never HS* beside an asymmetric algorithm (algorithm confusion).  Private
 keys are refused: the server verifies, it never signs.
+
+A JWKS fetched from ``auth.jwt.jwks_url`` goes through the same key
+parser (:func:`parse_fetched_jwks`), but a provider's set is read
+tolerantly: keys that are not for us are skipped and counted instead of
+stopping the server, and symmetric keys are never taken from a URL.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from types import MappingProxyType
-from typing import TypeAlias, cast
+from typing import Protocol, TypeAlias, cast
 
 import attrs
 import jwt
@@ -28,7 +33,9 @@ from securews.auth.interfaces import AuthenticationFailed
 from securews.config import ConfigError
 from securews.settings import JWTSettings
 
-__all__ = ["JWTKey", "VerificationKey", "VerifyKey", "load_jwt_key", "read_secret"]
+__all__ = ["SKIP_CATEGORIES", "FetchedKeySet", "JWKSError", "JWTKey", "KeySource",
+           "VerificationKey", "VerifyKey", "load_jwt_key", "parse_fetched_jwks",
+           "read_secret"]
 
 VerifyKey: TypeAlias = (bytes | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
                         | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
@@ -61,6 +68,10 @@ def _frozen(value: Mapping[str, VerificationKey]) -> Mapping[str, VerificationKe
     return MappingProxyType(dict(value))
 
 
+def _frozen_counts(value: Mapping[str, int]) -> Mapping[str, int]:
+    return MappingProxyType(dict(value))
+
+
 @attrs.frozen(eq=False)
 class JWTKey:
     """
@@ -89,6 +100,22 @@ class JWTKey:
         if found is None:
             raise AuthenticationFailed("unknown_key")
         return found
+
+
+class KeySource(Protocol):
+    """
+    What :func:`~securews.auth.jwt.verify_token` asks for a token's key: a
+    :class:`JWTKey` read once, or a JWKS kept fresh from a URL
+    (:class:`~securews.auth.jwks.JWKSKeys`).
+    """
+
+    def select(self, token: str) -> VerificationKey:
+        """
+        The key for ``token``, without waiting for anything.
+
+        :raises AuthenticationFailed: ``"malformed"`` or ``"unknown_key"``.
+        """
+        ...
 
 
 def _read(path: str, key: str) -> bytes:
@@ -141,12 +168,31 @@ def _kind(key: object) -> str:
     return next((kind for cls, kind in kinds if isinstance(key, cls)), "unsupported")
 
 
+class _Unusable(Exception):
+    """
+    Why a key cannot verify tokens: ``message`` for an operator's key file
+    (a :class:`ConfigError`), ``category`` for a fetched set, which skips
+    the key and counts it (:data:`SKIP_CATEGORIES`).
+    """
+
+    def __init__(self, message: str, category: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.category = category
+
+
+#: Why a key of a fetched JWKS was skipped, in the words its log line uses.
+SKIP_CATEGORIES = frozenset({
+    "not_an_object", "not_for_signatures", "symmetric", "no_kid", "duplicate_kid",
+    "private", "unusable", "weak", "algorithm"})
+
+
 def _usable(key: object, what: str) -> VerifyKey:
     if _kind(key) == "unsupported":
-        raise ConfigError(f"{what} is not an HMAC, RSA, EC or EdDSA key", key=_KEY)
+        raise _Unusable(f"{what} is not an HMAC, RSA, EC or EdDSA key", "unusable")
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
-        raise ConfigError(f"{what} is a {key.key_size}-bit RSA key; at least "
-                          "2048 bits are needed", key=_KEY)
+        raise _Unusable(f"{what} is a {key.key_size}-bit RSA key; at least "
+                        "2048 bits are needed", "weak")
     return cast(VerifyKey, key)
 
 
@@ -166,13 +212,62 @@ def _pem_key(data: bytes, algorithms: Sequence[str]) -> JWTKey:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError("is not a readable PEM public key or certificate",
                           key=_KEY) from None
-    key = _usable(public, "the key file")
+    try:
+        key = _usable(public, "the key file")
+    except _Unusable as e:
+        raise ConfigError(e.message, key=_KEY) from None
     for name in algorithms:
         if name not in _fitting(key, algorithms):
             raise ConfigError(
                 f"{name} needs an {' or '.join(_NEEDS[name])} key, but the "
                 f"key file holds an {_kind(key)} key", key=_KEY)
     return JWTKey(single=VerificationKey(key, tuple(algorithms)))
+
+
+def _jwk(entry: object, n: int, algorithms: Sequence[str],
+         taken: Container[str], *, fetched: bool) -> tuple[str, VerificationKey]:
+    """
+    One JWKS entry as ``(kid, key)``: the one parser behind a key file's
+    JWKS and a fetched one.
+
+    A key verifies the configured algorithms that fit its kind; its
+    ``alg``, when present, narrows that to itself and never adds one.
+
+    :param taken: the kids seen so far.
+    :param fetched: from ``jwks_url``, where symmetric (``oct``) keys are
+        refused: a shared secret published at a URL is no secret, and a
+        remote set must never be able to turn HS* on.
+    :raises _Unusable: when the entry cannot verify any accepted token.
+    """
+    if not isinstance(entry, dict):
+        raise _Unusable(f"JWKS key #{n} is not an object", "not_an_object")
+    ops = entry.get("key_ops")
+    if entry.get("use", "sig") != "sig" or (
+            ops is not None and (not isinstance(ops, list) or "verify" not in ops)):
+        # Encryption keys never verify a signature.
+        raise _Unusable(f"JWKS key #{n} is not a signature key", "not_for_signatures")
+    if fetched and entry.get("kty") == "oct":
+        raise _Unusable(f"JWKS key #{n} is a symmetric key", "symmetric")
+    kid = entry.get("kid")
+    if not isinstance(kid, str) or not kid or kid in taken:
+        raise _Unusable(f'JWKS key #{n} needs a unique "kid"',
+                        "duplicate_kid" if isinstance(kid, str) and kid in taken
+                        else "no_kid")
+    if entry.get("kty") != "oct" and "d" in entry:
+        raise _Unusable(f"JWKS key #{n} is a private key", "private")
+    hint = "EdDSA" if entry.get("kty") == "OKP" and "alg" not in entry else None
+    try:
+        parsed = jwt.PyJWK(entry, algorithm=hint).key
+    except Exception:  # whatever PyJWT makes of a malformed JWK
+        raise _Unusable(f"JWKS key #{n} is not a usable JWK", "unusable") from None
+    key = _usable(parsed, f"JWKS key #{n}")
+    fits = [a for a in _fitting(key, algorithms) if entry.get("alg", a) == a]
+    if not fits:
+        raise _Unusable(f"JWKS key #{n} ({_kind(key)}) fits none of "
+                        "auth.jwt.algorithms", "algorithm")
+    if isinstance(key, bytes):
+        _check_secret(key, _KEY, max(_HMAC_MIN[a] for a in fits))
+    return kid, VerificationKey(key, tuple(fits))
 
 
 def _jwks(data: bytes, algorithms: Sequence[str]) -> JWTKey:
@@ -185,34 +280,89 @@ def _jwks(data: bytes, algorithms: Sequence[str]) -> JWTKey:
         raise ConfigError('a JWKS needs a non-empty "keys" list', key=_KEY)
     by_kid: dict[str, VerificationKey] = {}
     for n, entry in enumerate(entries, 1):
-        if not isinstance(entry, dict):
-            raise ConfigError(f"JWKS key #{n} is not an object", key=_KEY)
-        if entry.get("use", "sig") != "sig":
-            continue  # encryption keys never verify a signature
-        kid = entry.get("kid")
-        if not isinstance(kid, str) or not kid or kid in by_kid:
-            raise ConfigError(f"JWKS key #{n} needs a unique \"kid\"", key=_KEY)
-        if entry.get("kty") != "oct" and "d" in entry:
-            raise ConfigError(f"JWKS key #{n} is a private key", key=_KEY)
-        hint = "EdDSA" if entry.get("kty") == "OKP" and "alg" not in entry else None
         try:
-            parsed = jwt.PyJWK(entry, algorithm=hint).key
-        except (jwt.PyJWTError, ValueError, TypeError, UnsupportedAlgorithm):
-            raise ConfigError(f"JWKS key #{n} is not a usable JWK", key=_KEY) from None
-        key = _usable(parsed, f"JWKS key #{n}")
-        fits = [a for a in _fitting(key, algorithms) if entry.get("alg", a) == a]
-        if not fits:
-            raise ConfigError(f"JWKS key #{n} ({_kind(key)}) fits none of "
-                              "auth.jwt.algorithms", key=_KEY)
-        if isinstance(key, bytes):
-            _check_secret(key, _KEY, max(_HMAC_MIN[a] for a in fits))
-        by_kid[kid] = VerificationKey(key, tuple(fits))
+            kid, key = _jwk(entry, n, algorithms, by_kid, fetched=False)
+        except _Unusable as e:
+            if e.category == "not_for_signatures":
+                continue
+            raise ConfigError(e.message, key=_KEY) from None
+        by_kid[kid] = key
     if not by_kid:
         raise ConfigError("the JWKS has no signature keys", key=_KEY)
     for name in algorithms:
         if not any(name in v.algorithms for v in by_kid.values()):
             raise ConfigError(f"no JWKS key can verify {name}", key=_KEY)
     return JWTKey(single=None, by_kid=by_kid)
+
+
+class JWKSError(Exception):
+    """
+    Why a fetched JWKS document cannot be used, in one line that holds no
+    key material.
+    """
+
+
+@attrs.frozen
+class FetchedKeySet:
+    """
+    The usable keys of a fetched JWKS, and how many of each kind of
+    skipped key it had (keys of :data:`SKIP_CATEGORIES`).
+    """
+
+    keys: JWTKey
+    skipped: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_counts)
+
+    def describe(self) -> str:
+        """``"3 keys (1 skipped: 1 symmetric)"``: for a log line."""
+        usable = f"{len(self.keys.by_kid)} key{'s' * (len(self.keys.by_kid) != 1)}"
+        if not self.skipped:
+            return usable
+        total = sum(self.skipped.values())
+        detail = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
+        return f"{usable} ({total} skipped: {detail})"
+
+
+def parse_fetched_jwks(data: bytes, algorithms: Sequence[str], *,
+                       max_keys: int) -> FetchedKeySet:
+    """
+    The usable keys of a JWKS fetched from ``auth.jwt.jwks_url``.
+
+    Tolerant per key, strict in effect: a provider publishes keys for
+    many consumers, so a key that is not for us (encryption, another
+    algorithm, ``alg`` outside the allow-list, another curve) or not fit
+    to verify (symmetric, private, weak, malformed, no or a repeated
+    ``kid``) is skipped and counted, never used; only a set left with no
+    usable key at all is an error.
+
+    :param max_keys: more entries than this is an error (before any is
+        parsed), so the work per fetch is bounded.
+    :raises JWKSError: when the document is not a JWKS, is too long, or
+        has no usable key.
+    """
+    if any(a.startswith("HS") for a in algorithms):
+        raise JWKSError("HMAC algorithms never take keys from a URL")
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        raise JWKSError("the answer is not JSON") from None
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise JWKSError('the answer is not a JWKS (no "keys" list)')
+    if len(entries) > max_keys:
+        raise JWKSError(f"the JWKS has {len(entries)} keys, more than {max_keys}")
+    by_kid: dict[str, VerificationKey] = {}
+    skipped: dict[str, int] = {}
+    for n, entry in enumerate(entries, 1):
+        try:
+            kid, key = _jwk(entry, n, algorithms, by_kid, fetched=True)
+        except _Unusable as e:
+            skipped[e.category] = skipped.get(e.category, 0) + 1
+            continue
+        by_kid[kid] = key
+    result = FetchedKeySet(JWTKey(single=None, by_kid=by_kid), skipped)
+    if not by_kid:
+        raise JWKSError(f"no usable key: {result.describe()}")
+    return result
 
 
 def load_jwt_key(settings: JWTSettings) -> JWTKey:
