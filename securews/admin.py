@@ -17,6 +17,11 @@ that a positional interface (``tcp:9100:0.0.0.0``) and escaped IPv6
 colons count exactly as Twisted reads them; a ``tcp:`` endpoint without
 an interface binds every interface, and a ``systemd:`` socket's cannot
 be known: both are refused unless allowed.
+
+A page in a browser could still read them after DNS rebinding (its own
+host name made to resolve to the admin address), so requests whose
+``Host`` does not name the listener are answered 421 (400 without a
+``Host``): see :func:`host_allowed`.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from securews.listening import server_endpoint
 from securews.metrics import CONTENT_TYPE, Metrics
 from securews.settings import AdminSettings
 
-__all__ = ["AdminResource", "Readiness", "admin_service", "non_loopback"]
+__all__ = ["AdminResource", "Readiness", "admin_service", "host_allowed",
+           "non_loopback"]
 
 _log = Logger(namespace="securews.admin")
 _TEXT = b"text/plain; charset=utf-8"
@@ -158,16 +164,80 @@ class _NotFound(_Page):
         return _not_found(request)
 
 
+class _Misdirected(_Page):
+    """A ``Host`` that does not name this listener (DNS rebinding)."""
+
+    def render(self, request: Request) -> bytes:
+        return _reply(request, 421, b"421 Misdirected Request\n")
+
+
+class _NoHost(_Page):
+    def render(self, request: Request) -> bytes:
+        return _reply(request, 400, b"400 Bad Request\n")
+
+
+def host_allowed(header: bytes | None, names: frozenset[str] | None) -> bool | None:
+    """
+    Whether a ``Host`` header names the admin listener.
+
+    A browser page cannot read these pages from another origin, but after
+    DNS rebinding (its own name resolving to 127.0.0.1) it is the same
+    origin to the browser: the only trace is ``Host``, which then carries
+    the page's name.  So only an IP literal (a rebinding page has a name,
+    never an IP, in its URL), ``localhost`` and ``admin.hosts`` are
+    answered.
+
+    :param names: the allowed names; ``None`` allows every ``Host`` (a
+        ``unix:`` socket, which no browser can reach).
+    :returns: ``None`` for a missing or malformed header, else whether it
+        is allowed.  The port is not looked at.
+    """
+    if header is None:
+        return None
+    try:
+        text = header.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        host, bracket, _ = text[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        host = text.rpartition(":")[0] if text.count(":") == 1 else text
+    if not host:
+        return None
+    if names is None:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host in names
+    return True
+
+
 class _QuietSite(Site):
-    """No access log line per request, no factory start/stop lines."""
+    """No access log line per request, no factory start/stop lines; only
+    ``Host`` values that name the listener are answered."""
 
     noisy = False
 
-    def __init__(self, resource: Resource, reactor: Any) -> None:
+    def __init__(self, resource: Resource, reactor: Any,
+                 hosts: frozenset[str] | None = frozenset({"localhost"})) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             resource, reactor=reactor, timeout=_TIMEOUT,
             parsePOSTFormSubmission=False)
         self.displayTracebacks = False
+        self._hosts = hosts
+
+    def getResourceFor(self, request: Request) -> Resource:
+        hosts = request.requestHeaders.getRawHeaders(b"host") or []
+        allowed = host_allowed(hosts[0] if len(hosts) == 1 else None, self._hosts)
+        if allowed is None:
+            return _NoHost()
+        if not allowed:
+            return _Misdirected()
+        resource: Resource = super().getResourceFor(request)  # type: ignore[no-untyped-call]
+        return resource
 
     def log(self, request: HTTPRequest) -> None:
         pass
@@ -228,7 +298,9 @@ def admin_service(settings: AdminSettings, metrics: Metrics, readiness: Readines
         _log.warn("admin listener {listen} is reachable beyond loopback "
                   "(admin.allow_non_loopback)", event="startup",
                   listen=settings.listen)
-    site = _QuietSite(AdminResource(metrics, readiness), reactor)
+    hosts = (None if isinstance(endpoint, UNIXServerEndpoint)
+             else frozenset({"localhost", *settings.hosts}))
+    site = _QuietSite(AdminResource(metrics, readiness), reactor, hosts)
     service = StreamServerEndpointService(endpoint, site)
     service._raiseSynchronously = True
     return service

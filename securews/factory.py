@@ -118,6 +118,7 @@ class SecureServerFactory(WebSocketServerFactory):
         self.connect_rate = BucketTable(rates.connect_rate, rates.connect_burst,
                                         max_entries=MAX_TRACKED_CLIENTS)
         self.per_client = ConnectionCounter(rates.connections_per_ip)
+        self.per_principal = ConnectionCounter(rates.sessions_per_principal)
         self.pending_per_peer = ConnectionCounter(rates.connections_per_ip)
         self.outcomes: Counter[tuple[str, int]] = Counter()
         self.auth_failures: Counter[tuple[str, str]] = Counter()

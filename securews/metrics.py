@@ -72,11 +72,13 @@ AUTH_REASONS = frozenset({
 })
 #: Handshake refusal reasons (a 401's reason is the authenticator's).
 HANDSHAKE_REASONS = AUTH_REASONS | frozenset({
-    "none", "auth_error", "bad_handshake", "bad_json", "body_too_large",
+    "none", "ambiguous_credentials", "auth_error", "bad_handshake", "bad_json",
+    "body_too_large",
     "connect_rate",
     "early_data", "handshake_timeout", "header_too_large", "http_version",
     "internal_error", "length_required", "method_not_allowed", "no_credentials",
     "not_found", "origin", "rate_limited", "server_full", "too_many_connections",
+    "too_many_sessions",
     "too_many_pending", "unsupported_media_type", "upgrade_required",
     "untrusted_proxy", "proxy_header_missing", "proxy_header_malformed",
     "proxy_header_too_long", "proxy_header_timeout",
@@ -92,13 +94,15 @@ DROP_REASONS = frozenset({
 #: :mod:`securews.validation`, slow consumers, an application hook that
 #: raised, and ``too_big`` for a frame or message over the size limits).
 CLOSE_CATEGORIES = frozenset({
-    "app_error", "bad_json", "bad_utf8", "binary", "dead_peer", "fragments", "idle",
-    "lifetime", "rate_limited", "schema", "slow_consumer", "too_big", "too_deep",
+    "app_error", "bad_json", "bad_utf8", "binary", "credential_expired", "dead_peer",
+    "fragments", "idle", "lifetime", "rate_limited", "schema", "slow_consumer",
+    "too_big", "too_deep",
 })
-#: RFC 6455 close codes a session can end with (1005: none was given,
+#: RFC 6455 close codes a session can end with, and securews's own 4401
+#: (credential expired) (1005: none was given,
 #: 1006: the connection ended without a close handshake).
 CLOSE_CODES = frozenset(str(code) for code in (
-    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011))
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 4401))
 _METHODS = frozenset(AUTH_METHODS)
 _INITIATORS = frozenset({"server", "client"})
 

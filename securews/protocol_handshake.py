@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securews.auth.interfaces import (
+    AmbiguousCredentials,
     AuthenticationFailed,
     HandshakeRequest,
     IAuthenticator,
@@ -42,6 +43,7 @@ from securews.refusal import render_refusal
 from securews.ticket_endpoint import (
     Preflight,
     check_body,
+    cors_headers,
     inspect_ticket_request,
     preflight_response,
     ticket_response,
@@ -88,6 +90,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _denied_method: str | None = None
     _client_key: str | None = None
     _pending_key: str | None = None
+    _principal_key: str | None = None
     _ticket_length: int | None = None
     _ticket_origin: str | None = None
     _ticket_started = False
@@ -232,6 +235,9 @@ class HandshakeProtocol(WebSocketServerProtocol):
         if self._client_key is not None:
             self.factory.per_client.release(self._client_key)
             self._client_key = None
+        if self._principal_key is not None:
+            self.factory.per_principal.release(self._principal_key)
+            self._principal_key = None
 
     def _release_pending(self) -> None:
         if self._pending_key is not None:
@@ -348,10 +354,27 @@ class HandshakeProtocol(WebSocketServerProtocol):
                                self._handshake_request(head))
 
         def decided(principal: Principal) -> str | None:
+            self._hold_principal_place(principal)
             self.principal = principal
             return self._choose_subprotocol(request.protocols)
 
         return d.addCallback(decided)
+
+    def _hold_principal_place(self, principal: Principal) -> None:
+        """
+        One of the principal's ``sessions_per_principal`` places, so one
+        account (from however many addresses) cannot hold every session.
+        Anonymous (development) principals are all one id and are left to
+        the per-address limits.
+
+        :raises _Denied: 429 ``too_many_sessions``.
+        """
+        if principal.method == "anonymous":
+            return
+        if not self.factory.per_principal.try_acquire(principal.id):
+            self._deny(Refusal(429, "too_many_sessions", (("Retry-After", "1"),)),
+                       method=principal.method)
+        self._principal_key = principal.id
 
     def _authenticate(self, authenticator: IAuthenticator,
                       request: HandshakeRequest) -> Deferred[Principal]:
@@ -379,6 +402,8 @@ class HandshakeProtocol(WebSocketServerProtocol):
         def failed(failure: Failure) -> Principal:
             if failure.check(_Denied):
                 failure.raiseException()
+            if failure.check(AmbiguousCredentials):
+                self._deny(Refusal(400, "ambiguous_credentials"))
             if failure.check(AuthenticationFailed):
                 error: AuthenticationFailed = failure.value  # type: ignore[assignment]
                 self.factory.count_auth_failure(error.method or name, error.reason)
@@ -430,7 +455,8 @@ class HandshakeProtocol(WebSocketServerProtocol):
         self._refuse(refusal)
 
     def _refuse(self, refusal: Refusal) -> None:
-        self._respond(render_refusal(refusal.status, refusal.headers),
+        headers = refusal.headers + cors_headers(self._ticket_origin)
+        self._respond(render_refusal(refusal.status, headers),
                       "refused", refusal.status, refusal.reason)
 
     def _respond(self, response: bytes, outcome: str, status: int,
@@ -452,19 +478,26 @@ class HandshakeProtocol(WebSocketServerProtocol):
     # -- the ticket endpoint -----------------------------------------------
 
     def _start_ticket_request(self, head: RequestHead) -> Refusal | None:
-        kind = inspect_ticket_request(head)
-        if isinstance(kind, Refusal):
-            return kind
+        """
+        The Origin first: a foreign page gets 403 and no CORS headers, so
+        it learns nothing.  From then on every answer, refusals included
+        (401, 413, 415, 429, ...), carries CORS headers for the allowed
+        Origin, so the application's page can read its status and
+        ``Retry-After`` instead of seeing "Failed to fetch".
+        """
         origin = self._allowed_origin(head)
         if origin is False:
             return Refusal(403, "origin")
+        self._ticket_origin = origin if isinstance(origin, str) else None
+        kind = inspect_ticket_request(head)
+        if isinstance(kind, Refusal):
+            return kind
         if isinstance(kind, Preflight):
             if not isinstance(origin, str):
                 return Refusal(403, "origin")
             self._ticket_started = True
             self._respond(preflight_response(origin), "preflight", 204, None)
             return None
-        self._ticket_origin = origin if isinstance(origin, str) else None
         self._ticket_length = kind.length
         return self._continue_ticket_request()
 

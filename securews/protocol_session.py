@@ -18,12 +18,15 @@ from typing import Any, ClassVar
 import attrs
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from securews.auth.interfaces import Principal
 from securews.backpressure import WriteGate, buffered_bytes
 from securews.compression import exact_message_size, install_bounded_deflate
-from securews.session import Close, Drop, Ping, SessionGuard
+from securews.session import CREDENTIAL_EXPIRED, Close, Drop, Ping, Renew, SessionGuard
 
 __all__ = ["PINNED_OPTIONS", "PinnedOptions", "SessionProtocol"]
 
@@ -150,8 +153,11 @@ class SessionProtocol(WebSocketServerProtocol):
         self._metrics = factory.metrics
         self._validate = factory.validator.validate
         self._write_limit = factory.config.limits.max_write_buffer
-        self._guard = SessionGuard(factory.config.limits, factory.config.ratelimit,
-                                   self._now())
+        principal: Any = getattr(self, "principal", None)
+        self._guard = SessionGuard(
+            factory.config.limits, factory.config.ratelimit, self._now(),
+            expires_at=getattr(principal, "expires_at", None),
+            renewable=getattr(principal, "renew", None) is not None)
         self._gate = WriteGate(self)
         transport: Any = self.transport
         transport.registerProducer(self._gate, True)
@@ -409,11 +415,13 @@ class SessionProtocol(WebSocketServerProtocol):
         if self._timer is None:
             self._schedule()
 
-    def _act(self, verdict: Close | Drop | Ping | None) -> None:
+    def _act(self, verdict: Close | Drop | Ping | Renew | None) -> None:
         if verdict is None:
             return
         if isinstance(verdict, Ping):
             self.sendPing()
+        elif isinstance(verdict, Renew):
+            self._renew()
         elif isinstance(verdict, Drop):
             self._log_session(verdict.category, None)
             self.factory.count_close(verdict.category)
@@ -424,6 +432,42 @@ class SessionProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=verdict.code,
                                 reasonUtf8=verdict.reason.encode("ascii"),
                                 isReply=False)
+
+    def _renew(self) -> None:
+        """
+        Ask whether the session's credential is still good (an introspected
+        cookie asks the web application again).  Yes: the session goes on
+        until the new expiry, ``self.principal`` is the renewed principal.
+        No, or no answer (fail closed): 4401 "credential expired".
+        """
+        principal: Any = getattr(self, "principal", None)
+        renew = getattr(principal, "renew", None)
+        d: Deferred[Any] = maybeDeferred(renew) if renew is not None else fail(
+            RuntimeError("not renewable"))
+
+        def renewed(new: object) -> None:
+            guard = self._guard
+            if guard is None or self.state != WebSocketProtocol.STATE_OPEN:
+                return
+            if not isinstance(new, Principal) or new.id != principal.id:
+                self._act(CREDENTIAL_EXPIRED)
+                return
+            self.principal = new
+            guard.renewed(new.expires_at, new.renew is not None)
+            self._reschedule()
+
+        def refused(failure: Failure) -> None:
+            if self._guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
+                self._act(CREDENTIAL_EXPIRED)
+
+        d.addCallbacks(renewed, refused)
+
+    def _reschedule(self) -> None:
+        """The deadline moved outside a tick: restart the session's timer."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._schedule()
 
     def _log_session(self, category: str, code: int | None) -> None:
         principal: Any = getattr(self, "principal", None)

@@ -25,9 +25,13 @@ import attrs
 from securews.ratelimit import TokenBucket
 from securews.settings import LimitsSettings, RateLimitSettings
 
-__all__ = ["Close", "Drop", "Ping", "SessionGuard"]
+__all__ = ["CREDENTIAL_EXPIRED", "Close", "Drop", "Ping", "Renew", "SessionGuard"]
 
 NORMAL, GOING_AWAY, POLICY, TOO_BIG = 1000, 1001, 1008, 1009
+#: The credential a session was opened with is no longer valid (an
+#: application code, in the 4000-4999 range RFC 6455 leaves to them; 4401
+#: echoes HTTP's 401).
+CREDENTIAL = 4401
 
 
 @attrs.frozen
@@ -51,8 +55,18 @@ class Ping:
     """Send a ping now."""
 
 
+@attrs.frozen
+class Renew:
+    """The credential's time is up: ask whether it is still good
+    (:attr:`~securews.auth.interfaces.Principal.renew`), then call
+    :meth:`SessionGuard.renewed` or close with :data:`CREDENTIAL_EXPIRED`."""
+
+
 _RATE_LIMITED = Close(POLICY, "rate limit exceeded", "rate_limited")
 _TOO_MANY_FRAGMENTS = Close(TOO_BIG, "too many fragments", "fragments")
+#: What a session whose credential ran out (or was refused when asked
+#: about again) is closed with.
+CREDENTIAL_EXPIRED = Close(CREDENTIAL, "credential expired", "credential_expired")
 
 
 class SessionGuard:
@@ -60,14 +74,21 @@ class SessionGuard:
     One session's limits.
 
     :param opened_at: when the session opened (the clock's seconds).
+    :param expires_at: when the session's credential stops being valid
+        (``Principal.expires_at``), or ``None``.
+    :param renewable: whether the credential can be asked about again at
+        that moment (``Principal.renew``) rather than end the session.
     """
 
     __slots__ = (
+        "_expires_at",
         "_fragments",
         "_last_data",
         "_last_traffic",
         "_next_ping",
         "_ping_sent",
+        "_renewable",
+        "_renewing",
         "_wire",
         "bytes",
         "limits",
@@ -76,8 +97,12 @@ class SessionGuard:
     )
 
     def __init__(self, limits: LimitsSettings, rates: RateLimitSettings,
-                 opened_at: float) -> None:
+                 opened_at: float, *, expires_at: float | None = None,
+                 renewable: bool = False) -> None:
         self.limits = limits
+        self._expires_at = expires_at
+        self._renewable = renewable
+        self._renewing = False
         self.opened_at = opened_at
         self.messages = TokenBucket(rates.messages_per_second, rates.message_burst)
         self.bytes = TokenBucket(rates.bytes_per_second, rates.bytes_burst)
@@ -129,11 +154,19 @@ class SessionGuard:
             return _RATE_LIMITED
         return None
 
+    def renewed(self, expires_at: float | None, renewable: bool) -> None:
+        """The credential was vouched for again, until ``expires_at``."""
+        self._expires_at = expires_at
+        self._renewable = renewable
+        self._renewing = False
+
     # -- time --------------------------------------------------------------
 
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do."""
         deadlines = [self._last_data + self.limits.idle_timeout]
+        if self._expires_at is not None and not self._renewing:
+            deadlines.append(self._expires_at)
         if self.limits.max_lifetime:
             deadlines.append(self.opened_at + self.limits.max_lifetime)
         if self._ping_sent is None:
@@ -142,18 +175,26 @@ class SessionGuard:
             deadlines.append(self._ping_sent + self.limits.ping_timeout)
         return min(deadlines)
 
-    def tick(self, now: float) -> Close | Drop | Ping | None:
+    def tick(self, now: float) -> Close | Drop | Ping | Renew | None:
         """
         What the time demands, most severe first: a peer silent since our
-        ping is dropped; an expired lifetime closes with 1001; an idle
-        session (no data message, pongs do not count) closes with 1000; a
-        due heartbeat is a ping.
+        ping is dropped; a credential whose time is up closes the session
+        with 4401, or is asked about again when it can be (one renewal at
+        a time; no expiry verdict meanwhile); an expired lifetime closes
+        with 1001; an idle session (no data message, pongs do not count)
+        closes with 1000; a due heartbeat is a ping.
         """
         if self._ping_sent is not None:
             if self._last_traffic >= self._ping_sent:
                 self._ping_sent = None
             elif now >= self._ping_sent + self.limits.ping_timeout:
                 return Drop("dead_peer")
+        expires_at = self._expires_at
+        if expires_at is not None and not self._renewing and now >= expires_at:
+            if not self._renewable:
+                return CREDENTIAL_EXPIRED
+            self._renewing = True
+            return Renew()
         lifetime = self.limits.max_lifetime
         if lifetime and now >= self.opened_at + lifetime:
             return Close(GOING_AWAY, "session lifetime", "lifetime")

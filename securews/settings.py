@@ -315,6 +315,8 @@ class RateLimitSettings:
 
     connections_per_ip: int = attrs.field(
         default=20, validator=[_positive, _at_most(100_000)])
+    sessions_per_principal: int = attrs.field(
+        default=20, validator=[_positive, _at_most(1_000_000)])
     connect_rate: float = attrs.field(
         default=5.0, validator=[_positive, _at_most(100_000)])
     connect_burst: int = attrs.field(
@@ -345,12 +347,24 @@ class MessagesSettings:
     schema: str = ""
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)"
+                        r"(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
 @attrs.frozen
 class AdminSettings:
     """``[admin]``: the plain-HTTP metrics and health listener."""
 
     listen: str = ""
     allow_non_loopback: bool = False
+    hosts: tuple[str, ...] = attrs.field(default=())
+
+    @hosts.validator
+    def _check_hosts(self, a: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        for name in value:
+            if not _HOST_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a lower-case host name (no port, "
+                                 "no scheme)")
 
 
 @attrs.frozen

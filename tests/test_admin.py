@@ -72,12 +72,20 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 # -- helpers ----------------------------------------------------------------------
 
-def http_request(port: int, path: str, method: str = "GET") -> tuple[
+def http_request(port: int, path: str, method: str = "GET",
+                 host: str | None = None) -> tuple[
         int, http.client.HTTPMessage, bytes]:
-    """One request to the admin listener (blocking: run it in a thread)."""
+    """One request to the admin listener (blocking: run it in a thread);
+    ``host``: the Host header, if not the one http.client writes."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:
-        conn.request(method, path)
+        if host is None:
+            conn.request(method, path)
+        else:
+            conn.putrequest(method, path, skip_host=True)
+            if host:
+                conn.putheader("Host", host)
+            conn.endheaders()
         response = conn.getresponse()
         return response.status, response.headers, response.read()
     finally:
@@ -436,6 +444,37 @@ async def admin_port() -> AsyncIterator[int]:
     port = await port_of(service)
     yield port.getHost().port
     await service.stopService()
+
+
+@pytest.mark.parametrize(("host", "code"), [
+    ("127.0.0.1", 200), ("127.0.0.1:9100", 200), ("LOCALHOST:9100", 200),
+    ("[::1]:9100", 200), ("metrics.internal", 200),
+    ("evil.example", 421), ("evil.example:9100", 421), ("localhost.evil.example", 421),
+    ("", 400), ("[::1", 400),
+])
+@pytest_twisted.ensureDeferred
+async def test_only_hosts_naming_the_listener_are_answered(
+    host: str, code: int
+) -> None:
+    """
+    DNS rebinding: a page whose own name resolves to the admin address
+    sends its name as Host, and gets 421; IP literals, localhost and
+    admin.hosts are answered; no Host is 400.
+    """
+    metrics = Metrics(connections=lambda: 0, sessions=lambda: 0)
+    service = admin_service(
+        AdminSettings(listen=LOOPBACK, hosts=("metrics.internal",)), metrics,
+        Readiness(), global_reactor)
+    assert service is not None
+    service.startService()
+    try:
+        port = (await port_of(service)).getHost().port
+        got, _, body = await deferToThread(http_request, port, "/healthz", "GET",
+                                           host)
+    finally:
+        await service.stopService()
+    assert got == code
+    assert (body == b"ok\n") == (code == 200)
 
 
 @pytest_twisted.ensureDeferred

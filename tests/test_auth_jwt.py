@@ -117,7 +117,8 @@ def test_rs256_token_from_query(rs256: JWTAuthenticator, rsa_key: Any) -> None:
     """A valid RS256 token in the query parameter yields its subject."""
     token = jwt.encode(claims(role="admin"), rsa_key, algorithm="RS256")
     principal = outcome(rs256, head(f"x=1&token={token}"))
-    assert principal == Principal("alice", "jwt", claims(role="admin"))
+    assert principal == Principal("alice", "jwt", claims(role="admin"),
+                                  expires_at=NOW + 300 + 30)
 
 
 def test_rs256_token_from_authorization(rs256: JWTAuthenticator,
@@ -353,7 +354,31 @@ def test_signed_cookie_accepted() -> None:
     """A fresh HS256 session cookie among others yields its subject."""
     token = jwt.encode(claims(), SECRET, algorithm="HS256")
     principal = outcome(make_cookie()[0], cookie(f"theme=dark; session={token}"))
-    assert principal == Principal("alice", "cookie", claims())
+    assert principal == Principal("alice", "cookie", claims(),
+                                  expires_at=principal.expires_at)
+
+
+@pytest.mark.parametrize(("changes", "expires_at"), [
+    ({"iat": NOW, "exp": NOW + 9999}, NOW + 60),
+    ({"iat": NOW, "exp": NOW + 30}, NOW + 30),
+])
+def test_cookie_session_ends_at_exp_or_max_age_whichever_first(
+    changes: dict[str, Any], expires_at: float
+) -> None:
+    """A cookie's session ends at its exp, or max_age after its iat."""
+    token = jwt.encode(claims(**changes), SECRET, algorithm="HS256")
+    principal = outcome(make_cookie(max_age=60)[0], cookie(f"session={token}"))
+    assert principal.expires_at == expires_at
+    assert principal.renew is None
+
+
+def test_jwt_session_ends_at_exp_plus_leeway(tmp_path: Path, rsa_key: Any) -> None:
+    """The principal says when the token stops being accepted: exp + leeway."""
+    authenticator, _ = make_jwt(tmp_path, pem(rsa_key), leeway=30)
+    token = jwt.encode(claims(exp=NOW + 100), rsa_key, algorithm="RS256")
+    principal = outcome(authenticator, head(f"token={token}"))
+    assert principal.expires_at == NOW + 130
+    assert principal.renew is None
 
 
 @pytest.mark.parametrize(("token", "reason"), [

@@ -118,6 +118,16 @@ def test_settings_are_immutable() -> None:
      "nothing more"),
     ({"origin": {"allowed": ["*"]}}, "origin.allowed", "scheme://"),
     ({"server": []}, "[server]", "must be a table"),
+    ({"server": {"trust_forwarded_for": True}}, "server.trust_forwarded_for",
+     "needs server.trusted_proxies"),
+    ({"server": {"trust_forwarded_for": True, "proxy_protocol": True,
+                 "trusted_proxies": ["10.0.0.1"]}}, "server.trust_forwarded_for",
+     "only source of the client address"),
+    ({"limits": {"max_fragments": 101}}, "limits.max_fragments", "message_burst"),
+    ({"limits": {"send_buffer": 1024}}, "limits.send_buffer", "at least 4096"),
+    ({"ratelimit": {"sessions_per_principal": 0}}, "ratelimit.sessions_per_principal",
+     "greater than 0"),
+    ({"admin": {"hosts": ["Metrics.Example:9100"]}}, "admin.hosts", "host name"),
 ])
 def test_bad_setting_names_file_key_and_problem(
     data: dict[str, Any], key: str, words: str

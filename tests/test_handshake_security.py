@@ -302,3 +302,107 @@ def test_body_may_arrive_in_pieces(clock: Clock) -> None:
     assert transport.value() == b""
     proto.dataReceived(b"}")
     assert status(transport) == 201
+
+
+# -- per-principal sessions ----------------------------------------------------------
+
+
+def test_one_principal_holds_at_most_sessions_per_principal(clock: Clock) -> None:
+    """
+    One account from many addresses: past sessions_per_principal, 429
+    with Retry-After (after authentication); closing one frees its place;
+    another account is not affected.
+    """
+    factory = make_factory(clock, FixedAuthenticator(ALICE),
+                           ratelimit={"sessions_per_principal": 2})
+    opened = []
+    for n in range(2):
+        proto, transport = connect(factory, peer=f"198.51.100.{n + 1}")
+        proto.dataReceived(request())
+        assert status(transport) == 101
+        opened.append(proto)
+    proto, transport = connect(factory, peer="2001:db8:77::1")
+    proto.dataReceived(request())
+    assert status(transport) == 429
+    assert b"\r\nRetry-After: 1\r\n" in transport.value()
+    assert factory.per_principal.count("alice") == 2
+    opened[0].connectionLost(Failure(ConnectionLost()))
+    assert factory.per_principal.count("alice") == 1
+    proto, transport = connect(factory, peer="2001:db8:77::1")
+    proto.dataReceived(request())
+    assert status(transport) == 101
+    factory.authenticator = FixedAuthenticator(Principal("bob", "jwt"))
+    proto, transport = connect(factory, peer="198.51.100.9")
+    proto.dataReceived(request())
+    assert status(transport) == 101
+
+
+def test_refused_for_the_principal_is_logged_and_counted(
+    clock: Clock, events: list[LogEvent]
+) -> None:
+    factory = make_factory(clock, FixedAuthenticator(ALICE),
+                           ratelimit={"sessions_per_principal": 1})
+    for peer in ("198.51.100.1", "198.51.100.2"):
+        proto, _ = connect(factory, peer=peer)
+        proto.dataReceived(request())
+    [refused] = [e for e in events if e.get("event") == "handshake"
+                 and e.get("status") == 429]
+    assert (refused["reason"], refused["method"]) == ("too_many_sessions", "cookie")
+    assert metric(factory, "securews_handshakes_total", outcome="refused",
+                  status="429", reason="too_many_sessions") == 1
+
+
+def test_anonymous_development_sessions_are_not_one_principal(clock: Clock) -> None:
+    """Everyone is "anonymous" under --dev: per-address limits apply instead."""
+    factory = make_factory(clock, AnonymousAuthenticator(), dev=True,
+                           ratelimit={"sessions_per_principal": 1})
+    for n in range(3):
+        proto, transport = connect(factory, peer=f"198.51.100.{n + 1}")
+        proto.dataReceived(request())
+        assert status(transport) == 101
+
+
+# -- refusals a page can read --------------------------------------------------------
+
+CORS = b"\r\nAccess-Control-Allow-Origin: https://app.example.com\r\n"
+
+
+@pytest.mark.parametrize(("issuer_result", "body", "headers", "code"), [
+    (None, b"", (), 401),
+    (AuthenticationFailed("expired"), b"", (), 401),
+    (ALICE, b"x" * 5000, (), 413),
+    (ALICE, b"", ("Content-Type: text/plain", "Content-Length: 1"), 415),
+])
+def test_ticket_refusals_carry_cors_for_the_allowed_origin(
+    clock: Clock, issuer_result: Any, body: bytes, headers: tuple[str, ...],
+    code: int
+) -> None:
+    """A page on the allowed Origin can read why its POST was refused."""
+    factory = ticket_factory(clock, issuer_result)
+    if headers:  # a body that is not JSON, sent as what it is
+        proto, transport = connect(factory)
+        proto.dataReceived(b"POST /tickets HTTP/1.1\r\nHost: h\r\nOrigin: "
+                           + ORIGIN.encode() + b"\r\n"
+                           + "\r\n".join(headers).encode() + b"\r\n\r\nx")
+        got, response = status(transport), transport.value()
+    else:
+        got, response = post(factory, body)
+    assert got == code
+    assert CORS in response
+    assert b"\r\nAccess-Control-Allow-Credentials: true\r\n" in response
+
+
+def test_ticket_429_carries_cors_and_retry_after(clock: Clock) -> None:
+    factory = ticket_factory(clock)
+    codes = [post(factory, b"{}")[0] for _ in range(3)]
+    assert codes == [201, 201, 429]
+    _, response = post(factory, b"{}")
+    assert CORS in response
+    assert b"\r\nRetry-After: 30\r\n" in response
+
+
+def test_foreign_origin_ticket_refusal_carries_no_cors(clock: Clock) -> None:
+    """403: a foreign page learns nothing, not even the status."""
+    got, response = post(ticket_factory(clock), b"{}", origin="https://evil.example")
+    assert got == 403
+    assert b"Access-Control" not in response

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securews.session import Close, Drop, Ping, SessionGuard
+from securews.session import CREDENTIAL_EXPIRED, Close, Drop, Ping, Renew, SessionGuard
 from securews.settings import LimitsSettings, RateLimitSettings
 
 
@@ -221,3 +221,59 @@ def test_deadline_is_never_in_the_past_after_a_tick(
             if isinstance(verdict, Close | Drop):
                 return
             assert g.next_deadline() > now
+
+
+# -- a session never outlives its credential ---------------------------------------
+
+
+def expiring(expires_at: float, renewable: bool = False) -> SessionGuard:
+    return SessionGuard(LimitsSettings(idle_timeout=1000, ping_interval=1000),
+                        RateLimitSettings(), opened_at=0.0, expires_at=expires_at,
+                        renewable=renewable)
+
+
+def test_expired_credential_closes_4401_at_the_instant() -> None:
+    """The deadline is the credential's expiry: open just before, 4401 at it."""
+    g = expiring(42.5)
+    assert g.next_deadline() == 42.5
+    assert g.tick(42.499) is None
+    assert g.tick(42.5) == CREDENTIAL_EXPIRED == Close(4401, "credential expired",
+                                                       "credential_expired")
+
+
+def test_a_renewable_credential_is_asked_about_once_then_extended() -> None:
+    """Renew, no second verdict while the answer is awaited, then the new
+    expiry is the deadline."""
+    g = expiring(10, renewable=True)
+    assert g.tick(10) == Renew()
+    assert g.tick(11) is None
+    assert g.next_deadline() == 1000
+    g.renewed(40, renewable=True)
+    assert g.next_deadline() == 40
+    assert g.tick(39.9) is None
+    assert g.tick(40) == Renew()
+
+
+def test_renewed_without_an_expiry_never_expires() -> None:
+    g = expiring(10, renewable=True)
+    assert g.tick(10) == Renew()
+    g.renewed(None, renewable=False)
+    assert g.next_deadline() == 1000
+    assert g.tick(999) is None
+
+
+def test_max_lifetime_stays_the_outer_bound() -> None:
+    """A credential valid for a year still ends at max_lifetime."""
+    g = SessionGuard(LimitsSettings(idle_timeout=600_000, ping_interval=3600,
+                                    max_lifetime=100),
+                     RateLimitSettings(), opened_at=0.0, expires_at=365 * 86400)
+    assert g.next_deadline() == 100
+    assert g.tick(100) == Close(1001, "session lifetime", "lifetime")
+
+
+def test_a_dead_peer_is_dropped_before_its_credential_is_looked_at() -> None:
+    g = SessionGuard(LimitsSettings(ping_interval=5, ping_timeout=5,
+                                    idle_timeout=1000),
+                     RateLimitSettings(), opened_at=0.0, expires_at=10)
+    assert g.tick(5) == Ping()
+    assert g.tick(10) == Drop("dead_peer")

@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from memory import connect, handshake, make_factory, request
+from memory import FixedAuthenticator, connect, handshake, make_factory, request
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent
 
 from securews.auth.anonymous import AnonymousAuthenticator
+from securews.auth.interfaces import AuthenticationFailed, Principal
 from securews.factory import SecureServerFactory
 from securews.protocol import SecureServerProtocol
 from securews.testing import make_config
@@ -402,3 +404,74 @@ def test_pinned_options_are_read_only_on_every_protocol() -> None:
     for name in PINNED_OPTIONS:
         assert isinstance(getattr(SecureServerProtocol, name), property), name
         assert name in WebSocketServerProtocol.CONFIG_ATTRS, name
+
+
+# -- a session never outlives its credential ---------------------------------------
+
+
+def expiring_session(clock: Clock, principal: Principal) -> tuple[Any, Any]:
+    factory = make_factory(clock, FixedAuthenticator(principal),
+                           limits={"idle_timeout": 1000, "ping_interval": 1000})
+    proto, transport = handshake(factory)
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    transport.clear()
+    return proto, transport
+
+
+def test_session_closes_4401_when_its_credential_expires(clock: Clock) -> None:
+    """Open an epsilon before the credential's expiry; 4401 at it."""
+    clock.advance(1000)
+    proto, transport = expiring_session(
+        clock, Principal("alice", "jwt", expires_at=1030.0))
+    clock.advance(29.999)
+    assert close_code(transport.value()) is None
+    clock.advance(0.001)
+    assert close_code(transport.value()) == 4401
+    assert b"credential expired" in transport.value()
+    assert proto.factory.metrics.registry.get_sample_value(
+        "securews_server_closes_total", {"category": "credential_expired"}) == 1
+
+
+def test_a_renewed_credential_keeps_its_session(clock: Clock) -> None:
+    """At expiry the credential is asked about again; a yes moves the
+    deadline, and the application sees the renewed principal."""
+    answers: list[Deferred[Principal]] = []
+
+    def renew() -> Deferred[Principal]:
+        answers.append(Deferred())
+        return answers[-1]
+
+    proto, transport = expiring_session(
+        clock, Principal("alice", "cookie", expires_at=30.0, renew=renew))
+    clock.advance(30)
+    assert len(answers) == 1
+    clock.advance(5)  # the answer is awaited: no second question, no close
+    assert len(answers) == 1
+    answers[0].callback(Principal("alice", "cookie", {"fresh": True},
+                                  expires_at=65.0, renew=renew))
+    assert proto.principal.claims == {"fresh": True}
+    clock.advance(29.9)
+    assert close_code(transport.value()) is None
+    assert len(answers) == 1
+    clock.advance(0.1)
+    assert len(answers) == 2
+    answers[1].errback(AuthenticationFailed("rejected"))
+    assert close_code(transport.value()) == 4401
+
+
+@pytest.mark.parametrize("answer", [
+    RuntimeError("introspection unreachable"),
+    Principal("mallory", "cookie", expires_at=1e9),
+], ids=["no-answer", "another-principal"])
+def test_a_credential_not_vouched_for_again_closes_4401(
+    clock: Clock, answer: object
+) -> None:
+    """No answer (fail closed), or an answer about someone else: 4401."""
+
+    def renew() -> Deferred[Principal]:
+        return fail(answer) if isinstance(answer, Exception) else succeed(answer)
+
+    _, transport = expiring_session(
+        clock, Principal("alice", "cookie", expires_at=10.0, renew=renew))
+    clock.advance(10)
+    assert close_code(transport.value()) == 4401

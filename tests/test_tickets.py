@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from securews.auth.chain import ChainAuthenticator
+from securews.auth.credentials import explicit_credentials
 from securews.auth.interfaces import (
+    AmbiguousCredentials,
     AuthenticationFailed,
     HandshakeRequest,
     IAuthenticator,
@@ -262,3 +265,86 @@ def test_empty_chain_recognises_nobody() -> None:
     """With no methods every request is unauthenticated."""
     chain = ChainAuthenticator([])
     assert result_of(chain.authenticate(HandshakeRequest(head(), IP, None))) is None
+
+
+def test_a_ticket_session_inherits_the_minting_credentials_expiry() -> None:
+    """The session a ticket opens ends when the credential that minted the
+    ticket does, and renews as that credential does."""
+    clock = Clock()
+    store = InMemoryTicketStore(book(ttl=30), clock)
+
+    def renew() -> Deferred[Principal]:
+        return succeed(minter)
+
+    minter = Principal("alice", "cookie", expires_at=500.0, renew=renew)
+    ticket = result_of(store.issue(minter, ORIGIN, IP))
+    principal = result_of(TicketAuthenticator(store).authenticate(
+        HandshakeRequest(head(f"ticket={ticket}"), IP, ORIGIN)))
+    assert (principal.method, principal.expires_at) == ("ticket", 500.0)
+    assert principal.renew is renew
+
+
+# -- credentials of the client's own choosing ---------------------------------------
+
+EXPLICIT = functools.partial(explicit_credentials, ticket_param="ticket",
+                             token_param="token")
+
+
+def with_headers(query: str, *headers: str) -> RequestHead:
+    lines = [f"GET /ws?{query} HTTP/1.1", "Host: h", *headers]
+    parsed = read_head(("\r\n".join(lines) + "\r\n\r\n").encode(),
+                       max_bytes=8192, max_headers=64)
+    assert isinstance(parsed, RequestHead)
+    return parsed
+
+
+@pytest.mark.parametrize(("query", "headers", "found"), [
+    ("", (), []),
+    ("ticket=t", (), ["ticket"]),
+    ("token=a", (), ["jwt"]),
+    ("", ("Authorization: Bearer b",), ["jwt"]),
+    ("", ("Authorization: Basic b",), []),
+    ("token=a", ("Authorization: bearer b",), ["jwt", "jwt"]),
+    ("ticket=t&token=a", (), ["ticket", "jwt"]),
+    ("ticket=t", ("Cookie: session=c",), ["ticket"]),
+])
+def test_explicit_credentials_are_the_ones_the_client_chose(
+    query: str, headers: tuple[str, ...], found: list[str]
+) -> None:
+    """Query parameters and a bearer header count; the browser's cookie not."""
+    assert EXPLICIT(with_headers(query, *headers)) == found
+
+
+@pytest.mark.parametrize(("query", "headers"), [
+    ("token=a", ("Authorization: Bearer b",)),
+    ("ticket=t&token=a", ()),
+    ("ticket=t", ("Authorization: Bearer b",)),
+])
+def test_two_chosen_credentials_are_ambiguous_whatever_would_work(
+    query: str, headers: tuple[str, ...]
+) -> None:
+    """Never "the first that works": no method is even asked."""
+    methods = [Fixed("ticket", ALICE), Fixed("jwt", ALICE), Fixed("cookie", ALICE)]
+    chain = ChainAuthenticator(methods, explicit=EXPLICIT)
+    with pytest.raises(AmbiguousCredentials):
+        result_of(chain.authenticate(HandshakeRequest(
+            with_headers(query, *headers), IP, None)))
+    assert [m.calls for m in methods] == [0, 0, 0]
+
+
+def test_a_chosen_credential_is_read_by_its_method_only() -> None:
+    """With a token in the request, the browser's cookie is not consulted,
+    even when the cookie method comes first."""
+    cookie, jwt_method = Fixed("cookie", ALICE), Fixed("jwt", None)
+    chain = ChainAuthenticator([cookie, jwt_method], explicit=EXPLICIT)
+    request = HandshakeRequest(with_headers("token=a", "Cookie: session=c"), IP, None)
+    assert result_of(chain.authenticate(request)) is None
+    assert (cookie.calls, jwt_method.calls) == (0, 1)
+
+
+def test_credentials_of_methods_not_configured_do_not_count() -> None:
+    """A ?token= to a server without JWTs is no credential: the cookie decides."""
+    cookie = Fixed("cookie", ALICE)
+    chain = ChainAuthenticator([cookie], explicit=EXPLICIT)
+    request = HandshakeRequest(with_headers("token=a&ticket=t"), IP, None)
+    assert result_of(chain.authenticate(request)) == ALICE

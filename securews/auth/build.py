@@ -8,6 +8,7 @@ method that silently lets nobody (or everybody) in.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -15,6 +16,7 @@ from zope.interface.verify import verifyObject
 
 from securews.auth.anonymous import AnonymousAuthenticator, DenyAllAuthenticator
 from securews.auth.chain import ChainAuthenticator
+from securews.auth.credentials import explicit_credentials
 from securews.auth.interfaces import IAuthenticator, ITicketStore
 from securews.auth.tickets import InMemoryTicketStore, TicketAuthenticator, TicketBook
 from securews.config import Config
@@ -93,8 +95,13 @@ def build_authentication(config: Config, reactor: Any, *,
     for authenticator in others:
         verifyObject(IAuthenticator, authenticator)
     jwks = _jwks(others) if "jwt" in methods else None
+    explicit = functools.partial(
+        explicit_credentials,
+        ticket_param="ticket" if "ticket" in methods else None,
+        token_param=config.auth.jwt.query_param if "jwt" in methods else None)
     if "ticket" not in methods:
-        return Authentication(ChainAuthenticator(others), jwks=jwks)
+        return Authentication(ChainAuthenticator(others, explicit=explicit),
+                              jwks=jwks)
     if ticket_store is None:
         settings = config.auth.ticket
         ticket_store = InMemoryTicketStore(
@@ -103,6 +110,7 @@ def build_authentication(config: Config, reactor: Any, *,
     ordered = [TicketAuthenticator(ticket_store) if name == "ticket"
                else others.pop(0) for name in methods if name]
     return Authentication(
-        ChainAuthenticator(ordered), ticket_store,
-        ChainAuthenticator([m for m in ordered if m.method != "ticket"]), jwks,
+        ChainAuthenticator(ordered, explicit=explicit), ticket_store,
+        ChainAuthenticator([m for m in ordered if m.method != "ticket"],
+                           explicit=explicit), jwks,
     )

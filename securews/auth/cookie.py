@@ -114,4 +114,8 @@ class SignedCookieAuthenticator:
             return None
         claims = verify_token(values[0], self._key, now=self._clock.seconds(),
                               leeway=0.0, max_age=self._settings.max_age)
-        return Principal(id=claims["sub"], method=self.method, claims=claims)
+        # Whichever comes first: the cookie's own exp, or max_age after iat.
+        expires_at = min(float(claims["exp"]),
+                         float(claims["iat"]) + self._settings.max_age)
+        return Principal(id=claims["sub"], method=self.method, claims=claims,
+                         expires_at=expires_at)

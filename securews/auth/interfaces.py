@@ -20,6 +20,7 @@ from zope.interface import Attribute, Interface
 from securews.handshake import RequestHead
 
 __all__ = [
+    "AmbiguousCredentials",
     "AuthenticationFailed",
     "HandshakeRequest",
     "IAuthenticator",
@@ -58,12 +59,29 @@ def decided(decide: Callable[[], Principal | None]) -> Deferred[Principal | None
         return fail()
 
 
+class AmbiguousCredentials(AuthenticationFailed):
+    """
+    The request carries two credentials of the client's own choosing (see
+    :mod:`securews.auth.credentials`): refused with 400, whichever of them
+    would have worked.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("ambiguous_credentials")
+
+
 class TicketRejected(AuthenticationFailed):
     """A ticket was unknown, reused, expired, or bound elsewhere."""
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
+
+
+#: Asks again whether a principal's credential is still good: a Deferred
+#: firing with the principal as it stands now (with a new ``expires_at``),
+#: or failing (:class:`AuthenticationFailed`, or any error) when it is not.
+Renewal = Callable[[], "Deferred[Principal]"]
 
 
 @attrs.frozen
@@ -75,11 +93,22 @@ class Principal:
         subject).
     :ivar method: which authenticator vouched for it (``"jwt"``, ...).
     :ivar claims: read-only extra facts the authenticator established.
+    :ivar expires_at: when the credential stops being valid (Unix time,
+        as the reactor's clock tells it), or ``None`` when it does not
+        expire by itself.  An open session is closed (4401 "credential
+        expired") at that moment, unless ``renew`` vouches for it again;
+        an application can tell its client to fetch a fresh credential
+        beforehand.
+    :ivar renew: how to check the credential again when ``expires_at``
+        comes (an introspected cookie is asked about again); ``None``
+        when it cannot be renewed in place.  Never part of the repr.
     """
 
     id: str
     method: str
     claims: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    expires_at: float | None = None
+    renew: Renewal | None = attrs.field(default=None, repr=False, eq=False)
 
 
 @attrs.frozen

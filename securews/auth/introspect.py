@@ -16,16 +16,20 @@ refuses (fail closed, 401):
   ``"introspection_unreachable"``.
 
 Accepted answers are cached for ``introspect_cache`` seconds in a bounded
-LRU keyed by the SHA-256 of the forwarded header.  Refusals are not
+LRU keyed by the SHA-256 of the forwarded header.  While a session is
+open its cookie is asked about again every ``introspect_cache`` seconds
+(see :attr:`~securews.auth.interfaces.Principal.renew`): a refusal then
+closes the session.  Refusals are not
 cached, so a transient failure locks nobody out, and concurrent
 handshakes with the same header share one request.  The cookie is never
-logged and never kept.
+logged, and kept (in memory) only while its session is open.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -59,6 +63,9 @@ from securews.settings import CookieSettings
 __all__ = ["IntrospectingCookieAuthenticator"]
 
 _log = Logger(namespace="securews.auth")
+#: Least time between two checks of an open session's cookie, even with
+#: ``introspect_cache = 0``.
+_MIN_RECHECK = 1.0
 
 _URL_KEY = "auth.cookie.introspect_url"
 _CA_KEY = "auth.cookie.introspect_ca"
@@ -105,6 +112,10 @@ def _principal(body: bytes) -> Principal:
     if not isinstance(sub, str) or not sub:
         raise _refuse("introspection_error", 200, "no_sub")
     return Principal(id=sub, method="cookie", claims=claims)
+
+
+def _optional(principal: Principal) -> Principal | None:
+    return principal
 
 
 def _classify(failure: Failure) -> Failure:
@@ -156,18 +167,45 @@ class IntrospectingCookieAuthenticator:
             agent = verifying_agent(reactor, trust, self._timeout)
         self._agent: IAgent = agent
         self._cache: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
-        self._pending: dict[bytes, list[Deferred[Principal | None]]] = {}
+        self._pending: dict[bytes, list[Deferred[Principal]]] = {}
 
     def authenticate(self, request: HandshakeRequest) -> Deferred[Principal | None]:
         values = request.head.values("cookie")
         if not _has_cookie(values, self._name):
             return succeed(None)
         cookie = "; ".join(values).encode("latin-1")
+        return self._session_principal(cookie).addCallback(_optional)
+
+    def _session_principal(self, cookie: bytes) -> Deferred[Principal]:
+        """
+        The principal for ``cookie``, to be asked about again while its
+        session is open: it expires at the next check (``introspect_cache``
+        seconds on, at least one second; sooner if the answer carries an
+        earlier ``exp``), and renews by asking again.  The Cookie header is
+        therefore kept, in memory only, for the session's lifetime.
+        """
+
+        def for_session(principal: Principal) -> Principal:
+            now = float(self._reactor.seconds())
+            expires_at = now + max(self._ttl, _MIN_RECHECK)
+            exp = principal.claims.get("exp")
+            if isinstance(exp, int | float) and not isinstance(exp, bool) \
+                    and math.isfinite(exp):
+                expires_at = min(expires_at, float(exp))
+            return Principal(principal.id, principal.method, principal.claims,
+                             expires_at=expires_at,
+                             renew=lambda: self._session_principal(cookie))
+
+        return self._introspected(cookie).addCallback(for_session)
+
+    def _introspected(self, cookie: bytes) -> Deferred[Principal]:
+        """What the application says of ``cookie``: from the cache, from a
+        request under way for the same header, or from a new one."""
         key = hashlib.sha256(cookie).digest()
         cached = self._lookup(key)
         if cached is not None:
             return succeed(cached)
-        waiter: Deferred[Principal | None] = Deferred()
+        waiter: Deferred[Principal] = Deferred()
         if key in self._pending:
             self._pending[key].append(waiter)
         else:

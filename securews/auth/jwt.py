@@ -190,5 +190,6 @@ class JWTAuthenticator:
         s = self._settings
         claims = verify_token(token, self.key, now=self._clock.seconds(),
                               leeway=s.leeway, issuer=s.issuer, audience=s.audience)
-        return Principal(id=claims["sub"], method=self.method, claims=claims)
+        return Principal(id=claims["sub"], method=self.method, claims=claims,
+                         expires_at=float(claims["exp"]) + s.leeway)
 

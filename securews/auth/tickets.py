@@ -212,7 +212,10 @@ class TicketAuthenticator:
         d = self.store.redeem(values[0], request.origin, request.client)
 
         def as_ticket_principal(principal: Principal) -> Principal | None:
+            # The session lives no longer than the credential that minted
+            # the ticket, and is renewed the way that credential is.
             claims = {**principal.claims, "issued_via": principal.method}
-            return Principal(id=principal.id, method=self.method, claims=claims)
+            return Principal(id=principal.id, method=self.method, claims=claims,
+                             expires_at=principal.expires_at, renew=principal.renew)
 
         return d.addCallback(as_ticket_principal)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .harness import (
     AUDIENCE,
     ISSUER,
+    JWT_LEEWAY,
     Addresses,
     Credentials,
     Sections,
@@ -54,7 +55,8 @@ def auth_sections(public: Path, secret_file: Path) -> dict[str, dict[str, object
         "auth.ticket": {"ttl": 30.0, "issue_path": "/tickets", "bind_ip": True,
                         "max_outstanding": 5},
         "auth.jwt": {"algorithms": ["RS256"], "key_file": str(public),
-                     "issuer": ISSUER, "audience": AUDIENCE, "query_param": "token"},
+                     "issuer": ISSUER, "audience": AUDIENCE, "query_param": "token",
+                     "leeway": JWT_LEEWAY},
         "auth.cookie": {"name": "session", "mode": "signed",
                         "secret_file": str(secret_file), "max_age": 3600.0},
     }

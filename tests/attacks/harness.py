@@ -73,12 +73,14 @@ PING_INTERVAL = 0.5
 PING_TIMEOUT = 0.5
 MAX_WRITE_BUFFER = 1 * MiB
 CONNECTIONS_PER_IP = 4
+SESSIONS_PER_PRINCIPAL = 6
 CONNECT_RATE, CONNECT_BURST = 2.0, 10
 MESSAGES_PER_SECOND, MESSAGE_BURST = 50.0, 100
 # Generous, so that only max_write_buffer can stop a client that does not
 # read: the kernel's socket buffers take several MiB of echoes first.
 BYTES_PER_SECOND, BYTES_BURST = 4.0 * MiB, 32 * MiB
 ALERT_WINDOW = 1.0
+JWT_LEEWAY = 1.0
 SEND_BUFFER = 128 * KiB
 
 SESSION_BOUND = 2 * MAX_MESSAGE + 10 * MiB
@@ -117,7 +119,9 @@ def settings(*, tls: dict[str, object], auth: Sections, log_format: str,
         "origin": {"allowed": [ORIGIN], "allow_missing": False},
         **auth,
         "ratelimit": {
-            "connections_per_ip": CONNECTIONS_PER_IP, "connect_rate": CONNECT_RATE,
+            "connections_per_ip": CONNECTIONS_PER_IP,
+            "sessions_per_principal": SESSIONS_PER_PRINCIPAL,
+            "connect_rate": CONNECT_RATE,
             "connect_burst": CONNECT_BURST, "ipv6_prefix": 64,
             "messages_per_second": MESSAGES_PER_SECOND,
             "message_burst": MESSAGE_BURST, "bytes_per_second": BYTES_PER_SECOND,

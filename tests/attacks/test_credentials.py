@@ -1,7 +1,8 @@
 """
 Attacks on the handshake's credentials: Cross-Site WebSocket Hijacking
-with the victim's cookie, a replayed (or stolen) ticket, and a token in
-the query string that must never reach the server's log.
+with the victim's cookie, a replayed (or stolen) ticket, a token in the
+query string that must never reach the server's log, and sessions that
+would outlive their credential.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
 from .harness import (
     AUDIENCE,
     ISSUER,
+    JWT_LEEWAY,
     MAX_HEADER_BYTES,
     ORIGIN,
     Addresses,
@@ -193,3 +197,83 @@ def test_token_in_query_string_never_reaches_the_log(
     if target.json_log:
         lines = [line for line in log.splitlines() if line]
         assert all(json.loads(line) for line in lines)
+
+
+def echo_until_closed(ws: ClientConnection) -> None:
+    while True:
+        echo(ws, "still good?")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("credential", ["jwt", "cookie", "ticket"])
+def test_a_session_ends_when_its_credential_does(
+    tls_server: Target, who: Addresses, wires: Wires, credential: str
+) -> None:
+    """
+    A JWT (exp + leeway), a signed cookie (its exp) and a ticket (the
+    credential that minted it) valid for two more seconds: the session
+    echoes until then and is closed with 4401 "credential expired" at that
+    moment, not at max_lifetime.
+    """
+    target = tls_server
+    since = target.mark()
+    lifetime = 2.0
+    token = target.credentials.token(who.attacker, lifetime=lifetime)
+    cookie = target.credentials.cookie(who.attacker, lifetime=lifetime)
+    with attack(target, who, f"expiring {credential}", handshake_bound(1)) as bystander:
+        if credential == "jwt":
+            session = client(target, who.attacker, query=f"?token={token}")
+        elif credential == "cookie":
+            session = client(target, who.attacker,
+                             auth={"Cookie": f"session={cookie}"})
+        else:
+            issued = wires(target, who.attacker).request(
+                ticket_post({"Authorization": f"Bearer {token}"}))
+            assert issued.status == 201
+            ticket = json.loads(issued.body)["ticket"]
+            session = client(target, who.attacker, query=f"?ticket={ticket}")
+        with session as ws:
+            echo(ws, "while the credential is good")
+            bystander.during()
+            with pytest.raises(ConnectionClosed) as closed:
+                echo_until_closed(ws)
+            ended = time.time()
+    exp = jwt.decode(cookie if credential == "cookie" else token,
+                     options={"verify_signature": False})["exp"]
+    expiry = exp + (0 if credential == "cookie" else JWT_LEEWAY)
+    print(f"{credential} session closed {ended - expiry:+.2f} s from the "
+          "credential's expiry")
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+        4401, "credential expired")
+    assert expiry - 0.5 <= ended <= expiry + 1.5
+    target.wait_event(since, event="session_closed", reason="credential_expired",
+                      code=4401)
+
+
+@pytest.mark.parametrize("where", ["token+bearer", "ticket+token"])
+def test_two_credentials_in_one_handshake_are_400(
+    tls_server: Target, who: Addresses, wires: Wires, where: str
+) -> None:
+    """
+    A valid token in the query and another in Authorization (or a ticket
+    and a token): 400, never "the first that works"; the valid one alone
+    still opens a session.
+    """
+    target = tls_server
+    valid = target.credentials.token(who.attacker)
+    other = target.credentials.token(f"someone-else-{who.attacker}")
+    since = target.mark()
+    with attack(target, who, "ambiguous credentials", handshake_bound(1)) as bystander:
+        if where == "token+bearer":
+            response = wires(target, who.attacker).upgrade(
+                f"/ws?token={valid}", headers={"Authorization": f"Bearer {other}"})
+        else:
+            response = wires(target, who.attacker).upgrade(
+                f"/ws?ticket=anything&token={valid}")
+        assert response.status == 400
+        bystander.during()
+        with client(target, who.attacker, query=f"?token={valid}") as ws:
+            echo(ws, "one credential")
+    assert handshakes(target, since, who.attacker, 2) == [
+        (400, "ambiguous_credentials"), (101, None)]

@@ -22,6 +22,7 @@ from .harness import (
     HANDSHAKE_TIMEOUT,
     MAX_HEADER_BYTES,
     MAX_HEADERS,
+    SESSIONS_PER_PRINCIPAL,
     Addresses,
     KiB,
     Target,
@@ -66,6 +67,37 @@ def test_connection_flood_from_one_address_gets_429(
             echo(ws, "still served")
     assert handshakes(target, since, who.attacker, CONNECTIONS_PER_IP + EXTRA) == (
         [(101, None)] * CONNECTIONS_PER_IP + [(429, "too_many_connections")] * EXTRA)
+
+
+def test_one_account_from_many_addresses_gets_429_past_its_sessions(
+    tls_server: Target, who: Addresses, wires: Wires
+) -> None:
+    """
+    One JWT (sub=hog) spread over several addresses, each under its own
+    limits: past sessions_per_principal, 429 with Retry-After; another
+    account is served, from the same addresses too.
+    """
+    target = tls_server
+    since = target.mark()
+    sources = who.flooders(SESSIONS_PER_PRINCIPAL // 2 + 1)
+    hog = bearer(target, f"hog-{who.attacker}")
+    with attack(target, who, "one account", sessions_bound(SESSIONS_PER_PRINCIPAL + 1)
+                ) as bystander, ExitStack() as stack:
+        held = [stack.enter_context(client(target, source, auth=hog))
+                for source in sources[:-1] for _ in range(2)]
+        assert len(held) == SESSIONS_PER_PRINCIPAL
+        bystander.during()
+        response = wires(target, sources[-1]).upgrade(headers=hog)
+        assert response.status == 429
+        assert response.header("retry-after") == "1"
+        with client(target, sources[0]) as ws:
+            echo(ws, "another account from the hog's address")
+        held.pop().close()
+        time.sleep(0.2)
+        with client(target, sources[-1], auth=hog) as ws:
+            echo(ws, "a place was freed")
+    assert handshakes(target, since, sources[-1], 2) == [
+        (429, "too_many_sessions"), (101, None)]
 
 
 def test_handshake_flood_from_one_address_is_dropped_at_accept(

@@ -1,10 +1,12 @@
 """
-Attacks on the transport: a client that only speaks TLS 1.0 or 1.1, and
-plaintext HTTP sent to the TLS port.
+Attacks on the transport: a client that only speaks TLS 1.0 or 1.1,
+plaintext HTTP sent to the TLS port, and a browser page reading the
+admin listener through DNS rebinding.
 """
 
 from __future__ import annotations
 
+import http.client
 import ssl
 from contextlib import suppress
 
@@ -94,3 +96,33 @@ def test_plaintext_http_on_the_tls_port_gets_no_http_answer(
             assert b"HTTP" not in wire.raw
             assert all(kind == ALERT for kind, _ in tls_records(bytes(wire.raw)))
             bystander.during()
+
+
+def admin_get(target: Target, host: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", target.admin_port, timeout=5)
+    try:
+        conn.putrequest("GET", "/metrics", skip_host=True)
+        conn.putheader("Host", host)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_dns_rebinding_cannot_read_the_admin_listener(
+    tls_server: Target, who: Addresses
+) -> None:
+    """
+    A page at http://rebind.evil.example:PORT whose name now resolves to
+    127.0.0.1 asks for /metrics: its Host names no address of the listener,
+    so it gets 421 and no metric; a scrape by address is served.
+    """
+    target = tls_server
+    with attack(target, who, "DNS rebinding", handshake_bound(1)) as bystander:
+        status, body = admin_get(target, f"rebind.evil.example:{target.admin_port}")
+        bystander.during()
+    assert (status, body) == (421, b"421 Misdirected Request\n")
+    status, body = admin_get(target, f"127.0.0.1:{target.admin_port}")
+    assert status == 200
+    assert b"securews_connections_accepted_total" in body
