@@ -160,7 +160,7 @@ def make_certificate(directory: Path) -> tuple[str, str, str]:
     except ImportError:
         import datetime
 
-        from securews.dev import ensure_certificate
+        from securews.service.dev import ensure_certificate
 
         made, made_key = ensure_certificate(
             directory, now=datetime.datetime.now(datetime.UTC))

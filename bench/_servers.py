@@ -9,7 +9,7 @@ hard limit, dies with its parent, and logs to ``KIND.log`` beside
 ``CERT``.  Every kind serves ``/ws`` over TLS with the same certificate.
 
 ``securews``
-    securews as deployed, through :func:`securews.service.build_service`
+    securews as deployed, through :func:`securews.service._service.build_service`
     (what ``twistd securews`` runs, minus systemd): the built-in echo app;
     JWT authentication (RS256, key ``jwt-public.pem`` beside ``CERT``,
     ``iss`` and ``aud`` checked, token in the ``?token=`` query); Origin
@@ -134,7 +134,7 @@ def autobahn_factory(kind: str, cert: str, key: str, log_file: str,
     )
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from securews.tls import server_context
+    from securews.wire.tls import server_context
 
     class Echo(WebSocketServerProtocol):
         def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -153,7 +153,7 @@ def serve_twisted(kind: str, port: int, cert: str, key: str) -> None:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from securews.logs import make_observer
+    from securews.ops.logs import make_observer
 
     log_file = str(Path(cert).parent / f"{kind}.log")
 
@@ -165,7 +165,7 @@ def serve_twisted(kind: str, port: int, cert: str, key: str) -> None:
         reactor.stop()
 
     if kind == "securews":
-        from securews.service import build_service
+        from securews.service._service import build_service
 
         config = peer_config(port, cert, key, log_file)
         globalLogBeginner.beginLoggingTo([make_observer(config.log)],

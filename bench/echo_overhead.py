@@ -50,7 +50,7 @@ auto-ping):
 ``autobahn``
     The baseline, "controls off": Autobahn's ``WebSocketServerFactory``
     and a plain echo ``WebSocketServerProtocol`` behind securews's TLS
-    context (``securews.tls.server_context`` in ``TLSMemoryBIOFactory``),
+    context (``securews.wire.tls.server_context`` in ``TLSMemoryBIOFactory``),
     its Autobahn options copied from a ``SecureServerFactory`` built with
     the same settings.  On the per-message path, what separates
     it from ``securews-on`` is securews's session layer and nothing else.

@@ -33,7 +33,7 @@ Kinds:
 ``autobahn-lean``
     The same, plus the three shortcuts securews's session takes around
     Autobahn's per-message debug logging and ``message`` event (see
-    ``securews.protocol_session``), and no controls: the ratio of
+    ``securews.wire._session``), and no controls: the ratio of
     ``securews`` to this kind is the price of the controls alone.
 
 The ratio columns are securews's instructions per message over each
@@ -91,8 +91,8 @@ def build(kind: str) -> Any:
     from twisted.internet.testing import StringTransport
 
     from securews.auth.anonymous import AnonymousAuthenticator
-    from securews.factory import SecureServerFactory
     from securews.testing import make_config
+    from securews.wire.factory import SecureServerFactory
 
     messages = {"format": "json"} if kind == "securews-json" else {}
     config = make_config(

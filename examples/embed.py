@@ -20,7 +20,7 @@ from twisted.logger import globalLogBeginner
 from zope.interface import implementer
 
 import securews
-from securews.logs import make_observer
+from securews.ops.logs import make_observer
 
 
 class Greeter(securews.SecureServerProtocol):

@@ -11,11 +11,11 @@ Embedding::
 
 from securews._version import __version__
 from securews.auth.interfaces import HandshakeRequest, IAuthenticator, Principal
-from securews.config import Config, ConfigError
-from securews.config import load as load_config
-from securews.factory import SecureServerFactory
-from securews.listening import listening_factory
-from securews.protocol import SecureServerProtocol
+from securews.rules.config import Config, ConfigError
+from securews.rules.config import load as load_config
+from securews.wire.factory import SecureServerFactory
+from securews.wire.listening import listening_factory
+from securews.wire.protocol import SecureServerProtocol
 
 __all__ = [
     "Config",

@@ -16,8 +16,8 @@ from typing import ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from securews.config import Config, ConfigError, load
-from securews.dev import DEV_LISTEN, default_state_dir, dev_config
+from securews.rules.config import Config, ConfigError, load
+from securews.service.dev import DEV_LISTEN, default_state_dir, dev_config
 
 __all__ = ["Options", "makeService"]
 
@@ -97,9 +97,9 @@ def makeService(options: Options) -> IService:
     """Build the service, or exit with a one-line error."""
     from twisted.internet import reactor
 
-    from securews.logs import make_observer
-    from securews.service import build_service
-    from securews.systemd import Notifier
+    from securews.ops.logs import make_observer
+    from securews.ops.systemd import Notifier
+    from securews.service._service import build_service
 
     try:
         config = options.settings(datetime.datetime.now(datetime.UTC))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from securews.config import Config, from_mapping
+from securews.rules.config import Config, from_mapping
 
 __all__ = ["make_config"]
 
@@ -17,7 +17,7 @@ __all__ = ["make_config"]
 def make_config(*, dev: bool = False,
                 **sections: Mapping[str, object]) -> Config:
     """
-    Build a checked :class:`~securews.config.Config` from keyword
+    Build a checked :class:`~securews.rules.config.Config` from keyword
     sections, e.g. ``make_config(tls={"cert": c, "key": k},
     origin={"allowed": ["https://app.example"]})``.
 

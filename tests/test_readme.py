@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import docutils.core
 import docutils.utils
 
-README = Path(__file__).resolve().parent.parent / "README.rst"
+from tests.support.paths import REPO
+
+README = REPO / "README.rst"
 
 
 def test_readme_is_valid_restructuredtext() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from securews.protocol import SecureServerProtocol
+from securews.wire.protocol import SecureServerProtocol
 
 __all__ = ["EchoProtocol"]
 

@@ -30,7 +30,7 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 
-from securews.config import ConfigError
+from securews.rules.config import ConfigError
 
 __all__ = ["BodyTooLarge", "BoundedBody", "Discard", "check_https_url",
            "read_ca_certificates", "trust_root", "verifying_agent"]

@@ -19,7 +19,7 @@ from securews.auth.chain import ChainAuthenticator
 from securews.auth.credentials import explicit_credentials
 from securews.auth.interfaces import IAuthenticator, ITicketStore
 from securews.auth.tickets import InMemoryTicketStore, TicketAuthenticator, TicketBook
-from securews.config import Config
+from securews.rules.config import Config
 
 if TYPE_CHECKING:
     from securews.auth.jwks import JWKSKeys

@@ -24,7 +24,7 @@ from securews.auth.interfaces import (
     IAuthenticator,
     Principal,
 )
-from securews.handshake import RequestHead
+from securews.rules.head import RequestHead
 
 __all__ = ["ChainAuthenticator"]
 

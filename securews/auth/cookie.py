@@ -27,8 +27,8 @@ from securews.auth.interfaces import (
     decided,
 )
 from securews.auth.jwt import JWTKey, VerificationKey, read_secret, verify_token
-from securews.handshake import RequestHead
-from securews.settings import CookieSettings
+from securews.rules.head import RequestHead
+from securews.rules.settings import CookieSettings
 
 __all__ = ["SignedCookieAuthenticator", "cookie_values", "load_cookie_secret"]
 

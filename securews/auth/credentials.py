@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from securews.handshake import RequestHead
+from securews.rules.head import RequestHead
 
 __all__ = ["explicit_credentials"]
 

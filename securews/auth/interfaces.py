@@ -17,7 +17,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import Attribute, Interface
 
-from securews.handshake import RequestHead
+from securews.rules.head import RequestHead
 
 __all__ = [
     "AmbiguousCredentials",

@@ -58,7 +58,7 @@ from securews.auth.interfaces import (
     IAuthenticator,
     Principal,
 )
-from securews.settings import CookieSettings
+from securews.rules.settings import CookieSettings
 
 __all__ = ["IntrospectingCookieAuthenticator"]
 

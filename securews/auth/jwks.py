@@ -77,8 +77,8 @@ from securews.auth.jwt_keys import (
     load_jwt_key,
     parse_fetched_jwks,
 )
-from securews.config import ConfigError
-from securews.settings import JWTSettings
+from securews.rules.config import ConfigError
+from securews.rules.settings import JWTSettings
 
 __all__ = ["JWKSKeys", "jwt_key_source"]
 
@@ -187,6 +187,11 @@ class JWKSKeys:
     def current(self) -> FetchedKeySet:
         """The key set in use."""
         return self._current
+
+    @property
+    def key_count(self) -> int:
+        """How many keys the set in use holds (a metric)."""
+        return len(self._current.keys.by_kid)
 
     @property
     def running(self) -> bool:

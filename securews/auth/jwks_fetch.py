@@ -31,8 +31,8 @@ import attrs
 
 from securews.auth._https import check_https_url, read_ca_certificates
 from securews.auth.jwt_keys import FetchedKeySet, JWKSError, parse_fetched_jwks
-from securews.config import ConfigError
-from securews.settings import JWTSettings
+from securews.rules.config import ConfigError
+from securews.rules.settings import JWTSettings
 
 __all__ = ["ACCEPT", "CA_KEY", "MAX_JWKS_BYTES", "MAX_JWKS_KEYS", "URL_KEY",
            "JWKSAnswer", "check_jwks_url", "fetch_jwks_now", "max_age", "where"]

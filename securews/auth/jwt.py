@@ -11,7 +11,7 @@ algorithm, so ``alg: none`` and HS256/RS256 confusion have nothing to
 pick.
 
 Failures are fixed categories; token text never reaches an exception, a
-log or a :class:`~securews.config.ConfigError`.
+log or a :class:`~securews.rules.config.ConfigError`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from securews.auth.jwt_keys import (
     load_jwt_key,
     read_secret,
 )
-from securews.handshake import RequestHead
-from securews.settings import JWTSettings
+from securews.rules.head import RequestHead
+from securews.rules.settings import JWTSettings
 
 __all__ = ["MAX_TOKEN_LENGTH", "JWTAuthenticator", "JWTKey", "KeySource",
            "VerificationKey", "bearer_token", "load_jwt_key", "read_secret",

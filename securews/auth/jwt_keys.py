@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.utils import is_pem_format, is_ssh_key
 
 from securews.auth.interfaces import AuthenticationFailed
-from securews.config import ConfigError
-from securews.settings import JWTSettings
+from securews.rules.config import ConfigError
+from securews.rules.settings import JWTSettings
 
 __all__ = ["SKIP_CATEGORIES", "FetchedKeySet", "JWKSError", "JWTKey", "KeySource",
            "VerificationKey", "VerifyKey", "load_jwt_key", "parse_fetched_jwks",

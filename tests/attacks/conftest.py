@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import CertFiles, write_cert
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.support.common import CertFiles, write_cert
 
 from .harness import (
     AUDIENCE,

@@ -45,12 +45,13 @@ from typing import Any
 
 import attrs
 import jwt
-from bystander import Bystander
-from conftest import websocket_client_tls
-from processes import TWISTD, Server, peak_rss, toml
-from proxyheaders import v2
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
+
+from tests.support.bystander import Bystander
+from tests.support.common import websocket_client_tls
+from tests.support.processes import TWISTD, Server, peak_rss, toml
+from tests.support.proxyheaders import v2
 
 KiB, MiB = 2**10, 2**20
 ORIGIN = "https://app.example.com"

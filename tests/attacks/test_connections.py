@@ -15,7 +15,8 @@ import time
 from contextlib import suppress
 
 import pytest
-from proxyheaders import v1_unknown, v2
+
+from tests.support.proxyheaders import v1_unknown, v2
 
 from .conftest import PROXY_PROTOCOL_BALANCER
 from .harness import (

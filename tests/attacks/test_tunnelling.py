@@ -19,8 +19,9 @@ import time
 from http import HTTPStatus
 from pathlib import Path
 
-from conftest import CertFiles
-from rawclient import BINARY, TEXT, frame
+from tests.support.common import CertFiles
+from tests.support.paths import REPO
+from tests.support.rawclient import BINARY, TEXT, frame
 
 from .conftest import KeyFiles
 from .harness import (
@@ -227,7 +228,7 @@ def test_tunnelling_code_is_never_loaded(
     wrapping factory or protocol, and listens with securews's TLS factory
     around securews's WebSocket factory only.
     """
-    source = Path(__file__).resolve().parents[2] / "securews"
+    source = REPO / "securews"
     assert "autobahn.twisted.websocket" in assert_no_tunnel_imports(source)
 
     probe = tmp_path / "probe.py"
@@ -252,14 +253,14 @@ def test_tunnelling_code_is_never_loaded(
     assert "site-packages" in str(installed)
     assert "autobahn.twisted.websocket" in assert_no_tunnel_imports(installed)
     modules = set(found["modules"])
-    assert {"autobahn.twisted.websocket", "securews.service",
+    assert {"autobahn.twisted.websocket", "securews.service._service",
             "twisted.scripts.twistd"} <= modules
     assert not {m for m in modules if is_tunnel_module(m)}
     assert found["wrapping"] == []
     assert sorted(found["ports"]) == [
-        ["securews.admin._QuietSite"],  # [admin] listen: metrics and health
+        ["securews.service.admin._QuietSite"],  # [admin] listen: metrics and health
         ["twisted.protocols.tls.TLSMemoryBIOFactory",
-         "securews.factory.SecureServerFactory"]]
+         "securews.wire.factory.SecureServerFactory"]]
 
 
 def test_tunnel_module_check_recognises_each_module() -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import rawclient
-from conftest import websocket_client_tls
-from rawclient import RawClient, Response
+from tests.support import rawclient
+from tests.support.common import websocket_client_tls
+from tests.support.rawclient import RawClient, Response
 
 from .harness import ORIGIN, Target
 

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import unavailable
+
+from tests.support.common import unavailable
 
 from .py27env import (
     PYTHON27_VARIABLE,

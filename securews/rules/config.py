@@ -1,0 +1,312 @@
+"""
+The one immutable settings object, and the only code that reads TOML.
+
+Settings are parsed once, up front, into frozen attrs records.  Every
+later component receives the record it needs and never looks at a file
+or an environment variable itself, so a configuration that parses is a
+configuration the server will run with, and a bad one is refused before
+anything listens.
+
+Errors are :class:`ConfigError`: one line naming the file, the key and
+what is wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+from securews.rules.settings import (
+    AdminSettings,
+    AlertsSettings,
+    AuthSettings,
+    CookieSettings,
+    JWTSettings,
+    LimitsSettings,
+    LogSettings,
+    MessagesSettings,
+    OriginSettings,
+    RateLimitSettings,
+    ServerSettings,
+    TicketSettings,
+    TLSSettings,
+)
+
+__all__ = [
+    "AdminSettings",
+    "AlertsSettings",
+    "AuthSettings",
+    "Config",
+    "ConfigError",
+    "CookieSettings",
+    "JWTSettings",
+    "LimitsSettings",
+    "LogSettings",
+    "MessagesSettings",
+    "OriginSettings",
+    "RateLimitSettings",
+    "ServerSettings",
+    "TLSSettings",
+    "TicketSettings",
+    "from_mapping",
+    "load",
+]
+
+
+class ConfigError(Exception):
+    """
+    A configuration problem an operator must fix.
+
+    ``str()`` of it is the complete, one-line message for the operator.
+    """
+
+    def __init__(self, message: str, *, source: str = "", key: str = "") -> None:
+        self.source = source
+        self.key = key
+        self.problem = message
+        where = ": ".join(part for part in (source, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def at(self, source: str) -> ConfigError:
+        """This error, attributed to ``source`` unless it names one already."""
+        return self if self.source else ConfigError(self.problem, source=source,
+                                                    key=self.key)
+
+
+
+@attrs.frozen
+class Config:
+    """
+    Everything securews needs to run, parsed and checked.
+
+    :ivar dev: set only by ``--dev``; relaxes anonymous access and a
+        missing Origin, nothing else.
+    """
+
+    server: ServerSettings = attrs.field(factory=ServerSettings)
+    tls: TLSSettings = attrs.field(factory=TLSSettings)
+    log: LogSettings = attrs.field(factory=LogSettings)
+    limits: LimitsSettings = attrs.field(factory=LimitsSettings)
+    origin: OriginSettings = attrs.field(factory=OriginSettings)
+    auth: AuthSettings = attrs.field(factory=AuthSettings)
+    ratelimit: RateLimitSettings = attrs.field(factory=RateLimitSettings)
+    messages: MessagesSettings = attrs.field(factory=MessagesSettings)
+    admin: AdminSettings = attrs.field(factory=AdminSettings)
+    alerts: AlertsSettings = attrs.field(factory=AlertsSettings)
+    dev: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not self.tls.enabled and not self.server.trusted_proxies:
+            raise ConfigError(
+                "plaintext (enabled = false) is only allowed behind a TLS-"
+                "terminating proxy listed in server.trusted_proxies",
+                key="tls.enabled",
+            )
+        if self.tls.enabled and not (self.tls.cert and self.tls.key):
+            raise ConfigError(
+                "tls.cert and tls.key are required when TLS is enabled",
+                key="tls.cert",
+            )
+        if self.ratelimit.bytes_burst < self.limits.max_message_size:
+            raise ConfigError(
+                "must be at least limits.max_message_size, or a message of the "
+                "largest allowed size could never be accepted",
+                key="ratelimit.bytes_burst")
+        if self.limits.max_fragments > self.ratelimit.message_burst:
+            raise ConfigError(
+                "must not exceed ratelimit.message_burst: every frame costs a "
+                "token, so a message of max_fragments frames could never be "
+                "accepted", key="limits.max_fragments")
+        if self.server.proxy_protocol and not self.server.trusted_proxies:
+            raise ConfigError("needs server.trusted_proxies: PROXY headers are "
+                              "believed only from them", key="server.proxy_protocol")
+        if self.server.trust_forwarded_for and not self.server.trusted_proxies:
+            raise ConfigError("needs server.trusted_proxies: X-Forwarded-For is "
+                              "believed only from them",
+                              key="server.trust_forwarded_for")
+        if self.server.trust_forwarded_for and self.server.proxy_protocol:
+            raise ConfigError(
+                "cannot be combined with server.proxy_protocol: the PROXY header "
+                "is then the only source of the client address",
+                key="server.trust_forwarded_for")
+        if self.limits.max_frame_size > self.limits.max_message_size:
+            raise ConfigError(
+                "must not exceed limits.max_message_size",
+                key="limits.max_frame_size",
+            )
+        if "anonymous" in self.auth.methods and not self.dev:
+            raise ConfigError("'anonymous' is only allowed with --dev",
+                              key="auth.methods")
+        if self.auth.ticket.issue_path == self.server.path:
+            raise ConfigError("must differ from server.path",
+                              key="auth.ticket.issue_path")
+        if "ticket" in self.auth.methods and not (
+                {"jwt", "cookie"} & set(self.auth.methods)):
+            raise ConfigError(
+                "'ticket' needs 'jwt' or 'cookie' too: they authenticate the "
+                "POST that mints a ticket", key="auth.methods")
+        from securews.rules.origin import OriginError, parse_allow_list
+
+        try:
+            parse_allow_list(self.origin.allowed)
+        except OriginError as e:
+            raise ConfigError(str(e), key="origin.allowed") from None
+
+    @property
+    def reads_forwarded_for(self) -> bool:
+        """
+        Whether ``X-Forwarded-For`` from a trusted proxy names the client:
+        only when that proxy terminated TLS in front of securews (plaintext,
+        or ``server.trust_forwarded_for`` for a proxy that re-encrypts).
+        When securews terminates TLS itself, only the end client can have
+        written the header; after a PROXY header, that header is the only
+        source of the client address.
+        """
+        server = self.server
+        return not server.proxy_protocol and (
+            not self.tls.enabled or server.trust_forwarded_for)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "tls": TLSSettings,
+    "log": LogSettings,
+    "limits": LimitsSettings,
+    "origin": OriginSettings,
+    "auth": AuthSettings,
+    "ratelimit": RateLimitSettings,
+    "messages": MessagesSettings,
+    "admin": AdminSettings,
+    "alerts": AlertsSettings,
+}
+
+#: Tables inside tables: ``[auth.jwt]`` and friends.
+_NESTED: dict[str, type[Any]] = {
+    "TicketSettings": TicketSettings,
+    "JWTSettings": JWTSettings,
+    "CookieSettings": CookieSettings,
+}
+
+_T = TypeVar("_T")
+
+
+def _coerce(value: object, annotation: str, key: str, source: str) -> object:
+    """Check one TOML value against a field's declared type."""
+
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(
+            f"expected {expected}, got {type(value).__name__} {value!r}",
+            source=source, key=key,
+        )
+
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong("a number")
+        return float(value)
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if annotation == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of strings")
+        return tuple(value)
+    raise AssertionError(f"unhandled setting type {annotation}")
+
+
+def _section(cls: type[_T], table: object, name: str, source: str,
+             overrides: Mapping[str, object]) -> _T:
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", source=source, key=f"[{name}]")
+    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, object] = {}
+    for key, value in table.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(
+                f"unknown key (known keys: {known})",
+                source=source, key=f"{name}.{key}",
+            )
+        annotation = str(fields[key].type)
+        if annotation in _NESTED:
+            kwargs[key] = _section(_NESTED[annotation], value, f"{name}.{key}",
+                                   source, {})
+        else:
+            kwargs[key] = _coerce(value, annotation, f"{name}.{key}", source)
+    for key, value in overrides.items():
+        kwargs[key] = _coerce(value, str(fields[key].type), f"{name}.{key}",
+                              "command line")
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        bad = _failing_key(cls, kwargs)
+        where = "command line" if bad in overrides else source
+        raise ConfigError(str(e), source=where, key=f"{name}.{bad}") from None
+
+
+def _failing_key(cls: type[Any], kwargs: Mapping[str, object]) -> str:
+    """Find which field's validator rejected ``kwargs``, for the message."""
+    for key in kwargs:
+        try:
+            cls(**{key: kwargs[key]})
+        except ValueError:
+            return key
+    return "?"
+
+
+def from_mapping(data: Mapping[str, object], *, source: str = "",
+                 overrides: Mapping[str, Mapping[str, object]] | None = None,
+                 dev: bool = False) -> Config:
+    """
+    Build a :class:`Config` from parsed TOML.
+
+    :param source: what to call the input in error messages (a file name).
+    :param overrides: ``{section: {key: value}}`` from the command line;
+        they win over ``data``.
+    :raises ConfigError: for any unknown section or key, wrong type or
+        out-of-range value.
+    """
+    overrides = overrides or {}
+    for name in data:
+        if name not in _SECTIONS:
+            known = ", ".join(sorted(_SECTIONS))
+            raise ConfigError(f"unknown section (known sections: {known})",
+                              source=source, key=f"[{name}]")
+    sections = {
+        name: _section(cls, data.get(name, {}), name, source,
+                       overrides.get(name, {}))
+        for name, cls in _SECTIONS.items()
+    }
+    try:
+        return Config(dev=dev, **sections)
+    except ConfigError as e:
+        raise ConfigError(e.problem, source=source, key=e.key) from None
+
+
+def load(path: str, *, overrides: Mapping[str, Mapping[str, object]] | None = None,
+         dev: bool = False) -> Config:
+    """
+    Read and check a TOML settings file.
+
+    :raises ConfigError: if the file cannot be read, is not TOML, or holds
+        a bad setting.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", source=path) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", source=path) from None
+    return from_mapping(data, source=path, overrides=overrides, dev=dev)

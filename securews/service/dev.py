@@ -1,0 +1,95 @@
+"""
+Development mode: a self-signed certificate and a config to try securews.
+
+The certificate is made once in a state folder and reused, so a browser
+or client told to trust it keeps trusting it; it is remade when it is
+within a week of expiry.  Nothing here is for production.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from securews.rules.config import Config, ConfigError, from_mapping
+
+__all__ = ["DEV_LISTEN", "default_state_dir", "dev_config", "ensure_certificate"]
+
+DEV_LISTEN = "tcp:8443:interface=127.0.0.1"
+_VALIDITY = datetime.timedelta(days=365)
+_RENEW_BEFORE = datetime.timedelta(days=7)
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/securews`` (``~/.local/state/securews``)."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "securews"
+
+
+def _still_good(cert_path: Path, key_path: Path, now: datetime.datetime) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return key_path.exists() and cert.not_valid_after_utc - _RENEW_BEFORE > now
+
+
+def ensure_certificate(state_dir: Path, *,
+                       now: datetime.datetime) -> tuple[Path, Path]:
+    """
+    Return ``(cert, key)`` paths of the development certificate, making
+    it first if it is missing or about to expire.
+    """
+    cert_path, key_path = state_dir / "dev-cert.pem", state_dir / "dev-key.pem"
+    if _still_good(cert_path, key_path, now):
+        return cert_path, key_path
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                             "securews development")])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address("::1")),
+            ]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                           critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    except OSError as e:
+        raise ConfigError(f"cannot write the development certificate: {e}",
+                          source=str(state_dir)) from None
+    return cert_path, key_path
+
+
+def dev_config(state_dir: Path, *, now: datetime.datetime,
+               overrides: dict[str, dict[str, object]] | None = None) -> Config:
+    """The settings of ``twistd securews --dev``."""
+    cert, key = ensure_certificate(state_dir, now=now)
+    data: dict[str, dict[str, object]] = {
+        "server": {"listen": DEV_LISTEN},
+        "tls": {"cert": str(cert), "key": str(key)},
+        "auth": {"methods": ["anonymous"]},
+    }
+    return from_mapping(data, source="--dev", overrides=overrides, dev=True)
