@@ -148,12 +148,6 @@ class Config:
             raise ConfigError(
                 "'ticket' needs 'jwt' or 'cookie' too: they authenticate the "
                 "POST that mints a ticket", key="auth.methods")
-        from securews.rules.origin import OriginError, parse_allow_list
-
-        try:
-            parse_allow_list(self.origin.allowed)
-        except OriginError as e:
-            raise ConfigError(str(e), key="origin.allowed") from None
 
     @property
     def reads_forwarded_for(self) -> bool:
@@ -191,6 +185,8 @@ _NESTED: dict[str, type[Any]] = {
 }
 
 _T = TypeVar("_T")
+#: Settings written as a list of strings (parsed by their field's converter).
+_LISTS_OF_TEXT = ("tuple[str, ...]", "tuple[IPNetwork, ...]", "AllowList")
 
 
 def _coerce(value: object, annotation: str, key: str, source: str) -> object:
@@ -218,7 +214,7 @@ def _coerce(value: object, annotation: str, key: str, source: str) -> object:
         if not isinstance(value, str):
             raise wrong("a string")
         return value
-    if annotation == "tuple[str, ...]":
+    if annotation in _LISTS_OF_TEXT:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise wrong("a list of strings")
         return tuple(value)

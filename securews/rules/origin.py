@@ -70,6 +70,13 @@ class OriginPattern:
     port: int
     wildcard: bool = False
 
+    def __str__(self) -> str:
+        """The entry, normalised (what an operator would write, default ports
+        elided): ``parse_pattern(str(p)) == p``."""
+        default = _DEFAULT_PORTS.get(self.scheme)
+        suffix = "" if self.port == default else f":{self.port}"
+        return f"{self.scheme}://{'*.' if self.wildcard else ''}{self.host}{suffix}"
+
     def matches(self, origin: Origin) -> bool:
         if origin.scheme != self.scheme or origin.port != self.port:
             return False
@@ -149,6 +156,11 @@ class AllowList:
     """The parsed ``[origin] allowed`` list."""
 
     patterns: tuple[OriginPattern, ...]
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The allowed Origins, normalised, as text (for startup logs)."""
+        return tuple(str(p) for p in self.patterns)
 
     def allows(self, origin: Origin) -> bool:
         return any(p.matches(origin) for p in self.patterns)

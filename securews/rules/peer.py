@@ -133,7 +133,7 @@ def client_address(peer: str, forwarded_for: Sequence[str],
         socket).
     :param forwarded_for: every ``X-Forwarded-For`` header line, in
         arrival order; together they form one comma-separated list.
-    :param trusted: the proxies' networks (``ServerSettings.trusted_networks``).
+    :param trusted: the proxies' networks (``ServerSettings.trusted_proxies``).
         List proxies by their IPv4 address: mapped addresses are compared
         as IPv4.
 

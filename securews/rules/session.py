@@ -23,24 +23,11 @@ from __future__ import annotations
 import attrs
 
 from securews.rules.buckets import TokenBucket
+from securews.rules.codes import Close, CloseCode
 from securews.rules.settings import LimitsSettings, RateLimitSettings
 
 __all__ = ["CREDENTIAL_EXPIRED", "Close", "Drop", "Ping", "Renew", "SessionGuard"]
 
-NORMAL, GOING_AWAY, POLICY, TOO_BIG = 1000, 1001, 1008, 1009
-#: The credential a session was opened with is no longer valid (an
-#: application code, in the 4000-4999 range RFC 6455 leaves to them; 4401
-#: echoes HTTP's 401).
-CREDENTIAL = 4401
-
-
-@attrs.frozen
-class Close:
-    """Start the close handshake with ``code`` and a fixed ``reason``."""
-
-    code: int
-    reason: str
-    category: str
 
 
 @attrs.frozen
@@ -62,11 +49,15 @@ class Renew:
     :meth:`SessionGuard.renewed` or close with :data:`CREDENTIAL_EXPIRED`."""
 
 
-_RATE_LIMITED = Close(POLICY, "rate limit exceeded", "rate_limited")
-_TOO_MANY_FRAGMENTS = Close(TOO_BIG, "too many fragments", "fragments")
+_RATE_LIMITED = Close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", "rate_limited")
+_TOO_MANY_FRAGMENTS = Close(CloseCode.MESSAGE_TOO_BIG, "too many fragments",
+                            "fragments")
+_LIFETIME = Close(CloseCode.GOING_AWAY, "session lifetime", "lifetime")
+_IDLE = Close(CloseCode.NORMAL, "idle timeout", "idle")
 #: What a session whose credential ran out (or was refused when asked
 #: about again) is closed with.
-CREDENTIAL_EXPIRED = Close(CREDENTIAL, "credential expired", "credential_expired")
+CREDENTIAL_EXPIRED = Close(CloseCode.CREDENTIAL, "credential expired",
+                           "credential_expired")
 
 
 class SessionGuard:
@@ -197,9 +188,9 @@ class SessionGuard:
             return Renew()
         lifetime = self.limits.max_lifetime
         if lifetime and now >= self.opened_at + lifetime:
-            return Close(GOING_AWAY, "session lifetime", "lifetime")
+            return _LIFETIME
         if now >= self._last_data + self.limits.idle_timeout:
-            return Close(NORMAL, "idle timeout", "idle")
+            return _IDLE
         if self._ping_sent is None and now >= self._next_ping:
             self._ping_sent = now
             self._next_ping = now + self.limits.ping_interval

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
+
+from securews.rules.origin import AllowList, OriginError, parse_allow_list
 
 __all__ = [
     "AUTH_METHODS",
@@ -81,8 +83,38 @@ def _non_empty(_inst: object, a: attrs.Attribute[Any], value: str) -> None:
         raise ValueError("must not be empty")
 
 
-def _networks(values: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(v) for v in values)
+def _proxy_network(entry: object) -> IPNetwork:
+    if isinstance(entry, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        network: IPNetwork = entry
+        text = str(entry)
+    else:
+        text = str(entry)
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address or CIDR network (with "
+                             "no host bits set)") from None
+    if network.prefixlen == 0:
+        raise ValueError(f"{text!r} would trust every address")
+    if isinstance(network, ipaddress.IPv6Network) and (
+            network.network_address.ipv4_mapped is not None):
+        raise ValueError(f"{text!r}: write IPv4-mapped networks as IPv4")
+    return network
+
+
+def _proxy_networks(values: Iterable[object]) -> tuple[IPNetwork, ...]:
+    """``trusted_proxies``, parsed once: the networks, checked."""
+    return tuple(_proxy_network(v) for v in values)
+
+
+def _allow_list(value: object) -> AllowList:
+    """``origin.allowed``, parsed once into the matcher the handshake uses."""
+    if isinstance(value, AllowList):
+        return value
+    try:
+        return parse_allow_list(value)  # type: ignore[arg-type]
+    except OriginError as e:
+        raise ValueError(str(e)) from None
 
 
 def _absolute_path(_inst: object, a: attrs.Attribute[Any], value: str) -> None:
@@ -100,32 +132,12 @@ class ServerSettings:
     app: str = attrs.field(default="echo", validator=_non_empty)
     max_connections: int = attrs.field(
         default=10000, validator=[_positive, _at_most(1_000_000)])
-    trusted_proxies: tuple[str, ...] = attrs.field(default=())
+    trusted_proxies: tuple[IPNetwork, ...] = attrs.field(
+        default=(), converter=_proxy_networks)
     shutdown_grace: float = attrs.field(
         default=10.0, validator=[_non_negative, _at_most(3600)])
     proxy_protocol: bool = False
     trust_forwarded_for: bool = False
-
-    @trusted_proxies.validator
-    def _check_proxies(self, a: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
-        for entry in value:
-            try:
-                network = ipaddress.ip_network(entry, strict=True)
-            except ValueError:
-                raise ValueError(
-                    f"{entry!r} is not an IP address or CIDR network (with "
-                    "no host bits set)"
-                ) from None
-            if network.prefixlen == 0:
-                raise ValueError(f"{entry!r} would trust every address")
-            if isinstance(network, ipaddress.IPv6Network) and (
-                    network.network_address.ipv4_mapped is not None):
-                raise ValueError(f"{entry!r}: write IPv4-mapped networks as IPv4")
-
-    @property
-    def trusted_networks(self) -> tuple[IPNetwork, ...]:
-        """The parsed ``trusted_proxies``."""
-        return _networks(self.trusted_proxies)
 
 
 @attrs.frozen
@@ -185,7 +197,7 @@ class LimitsSettings:
 class OriginSettings:
     """``[origin]``: the Cross-Site WebSocket Hijacking allow-list."""
 
-    allowed: tuple[str, ...] = ()
+    allowed: AllowList = attrs.field(default=AllowList(()), converter=_allow_list)
     allow_missing: bool = False
 
 

@@ -43,31 +43,17 @@ from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from securews.rules.codes import Close, CloseCode
 from securews.rules.config import ConfigError
 from securews.rules.settings import MessagesSettings
 
-__all__ = ["MessageRefusal", "MessageValidator", "Verdict", "build_validator",
+__all__ = ["MessageValidator", "Verdict", "build_validator",
            "exceeds_depth", "nesting_depth"]
 
-UNSUPPORTED_DATA = 1003
-INVALID_PAYLOAD = 1007
 
 #: The published meta-schemas and nothing else; its ``retrieve`` fails, so
 #: an unknown URI is an error, never a fetch.
 _METASCHEMAS: Registry[Any] = REGISTRY
-
-
-@attrs.frozen
-class MessageRefusal:
-    """
-    Why a message closes the connection: ``code`` 1003 or 1007, a fixed
-    ``reason`` to send, and a ``category`` for logs (``binary``,
-    ``bad_utf8``, ``bad_json``, ``too_deep`` or ``schema``).
-    """
-
-    code: int
-    reason: str
-    category: str
 
 
 @attrs.frozen
@@ -78,7 +64,7 @@ class Verdict:
     message when ``format = "json"`` (else ``None``, as for ``null``).
     """
 
-    refusal: MessageRefusal | None = None
+    refusal: Close | None = None
     document: object = None
 
     @property
@@ -87,9 +73,9 @@ class Verdict:
 
 
 _ACCEPTED = Verdict()
-_BINARY = Verdict(MessageRefusal(UNSUPPORTED_DATA, "binary messages not accepted",
+_BINARY = Verdict(Close(CloseCode.UNSUPPORTED_DATA, "binary messages not accepted",
                                  "binary"))
-_REFUSED = {category: Verdict(MessageRefusal(INVALID_PAYLOAD, "invalid message",
+_REFUSED = {category: Verdict(Close(CloseCode.INVALID_PAYLOAD, "invalid message",
                                              category))
             for category in ("bad_utf8", "bad_json", "too_deep", "schema")}
 

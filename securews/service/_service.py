@@ -10,6 +10,7 @@ port 443 works without running the server as root.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -75,7 +76,8 @@ class SecureWebSocketService(MultiService):
             self.log.warn(
                 "TLS is disabled: serving plaintext ws:// to the trusted proxies "
                 "{proxies} only", event="startup",
-                proxies=", ".join(self.config.server.trusted_proxies),
+                proxies=", ".join(
+                    _shown(n) for n in self.config.server.trusted_proxies),
             )
         waiting = self.listener._waitingForPort
         if waiting is not None:
@@ -120,6 +122,11 @@ def _then_stop(result: object, service: IService) -> Deferred[object]:
     """Stop ``service``, then pass ``result`` on."""
     d: Deferred[object] = maybeDeferred(service.stopService)
     return d.addCallback(lambda _: result)
+
+
+def _shown(network: IPv4Network | IPv6Network) -> str:
+    """A trusted proxy as an operator wrote it: the address, or the network."""
+    return str(network.network_address if network.num_addresses == 1 else network)
 
 
 def _host_for_url(host: str) -> str:

@@ -34,6 +34,7 @@ from securews.auth.interfaces import (
     TicketRejected,
 )
 from securews.ops.logs import WireLogger
+from securews.rules.codes import CloseCode
 from securews.rules.head import HeadScanner, Refusal, RequestHead, route
 from securews.rules.origin import OriginError, origin_allowed, parse_origin
 from securews.rules.peer import Peer, accepted_peer, forwarded_peer
@@ -50,9 +51,8 @@ from securews.wire.backpressure import limit_send_buffer
 from securews.wire.proxy import proxy_header
 from securews.wire.tls import peer_subject
 
-__all__ = ["GOING_AWAY", "HandshakeProtocol"]
+__all__ = ["HandshakeProtocol"]
 
-GOING_AWAY = 1001
 _log = Logger(namespace="securews.handshake")
 
 
@@ -580,7 +580,8 @@ class HandshakeProtocol(WebSocketServerProtocol):
     def go_away(self, reason: str = "server shutting down") -> None:
         """Start the close handshake with 1001 (Going Away)."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=reason.encode("utf-8"),
+            self.sendCloseFrame(code=CloseCode.GOING_AWAY,
+                                reasonUtf8=reason.encode("utf-8"),
                                 isReply=False)
         elif self.state == WebSocketProtocol.STATE_CONNECTING:
             self._transport.abortConnection()

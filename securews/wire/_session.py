@@ -24,28 +24,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securews.auth.interfaces import Principal
-from securews.rules.session import (
-    CREDENTIAL_EXPIRED,
-    Close,
-    Drop,
-    Ping,
-    Renew,
-    SessionGuard,
-)
+from securews.rules.codes import FIXED_REASONS, Close, CloseCode
+from securews.rules.session import CREDENTIAL_EXPIRED, Drop, Ping, Renew, SessionGuard
 from securews.wire.backpressure import WriteGate, buffered_bytes
 from securews.wire.deflate import exact_message_size, install_bounded_deflate
 
 __all__ = ["PINNED_OPTIONS", "PinnedOptions", "SessionProtocol"]
 
 _log = Logger(namespace="securews.session")
-POLICY = 1008
 #: Twisted's FileDescriptor.bufferSize: past it the transport pauses us.
 _TRANSPORT_BUFFER = 65536
-_FIXED_REASONS = {
-    1001: "going away", 1002: "protocol error", 1003: "unsupported data",
-    1007: "invalid payload", 1008: "policy violation", 1009: "message too big",
-    1011: "internal error",
-}
+_SLOW_CONSUMER = Close(CloseCode.POLICY_VIOLATION, "slow consumer", "slow_consumer")
+_APP_ERROR = Close(CloseCode.INTERNAL_ERROR, "internal error", "app_error")
 
 
 #: The Autobahn options a SecureServerFactory sets (limits, validation,
@@ -103,6 +93,9 @@ class SessionProtocol(WebSocketServerProtocol):
     allowedOriginsPatterns = _pinned("allowedOriginsPatterns")
 
     subprotocols: ClassVar[tuple[str, ...]] = ()
+    #: Whether this class's ``onValidatedMessage`` takes ``document`` (set
+    #: once per class, see :meth:`SecureServerProtocol.__init_subclass__`).
+    _wants_document: ClassVar[bool] = False
     _opened = False
     _guard: SessionGuard | None = None
     _timer: IDelayedCall | None = None
@@ -119,7 +112,15 @@ class SessionProtocol(WebSocketServerProtocol):
         """Called once the session is authenticated and open."""
 
     def onValidatedMessage(self, payload: bytes, isBinary: bool) -> None:
-        """Called with each whole message that passed validation."""
+        """
+        Called with each whole message that passed validation.
+
+        An application may declare a third, keyword parameter ``document``
+        (``def onValidatedMessage(self, payload, isBinary, document=None)``):
+        with ``format = "json"`` it then receives the parsed JSON document
+        of each text message, so nothing parses it twice (``None``
+        otherwise, and for binary messages).
+        """
 
     def onSessionClose(self, wasClean: bool, code: int | None,
                        reason: str | None) -> None:
@@ -252,12 +253,16 @@ class SessionProtocol(WebSocketServerProtocol):
             self._act(verdict)
             self._stop_reading()
             return
-        refusal = self._validate(payload, isBinary).refusal
-        if refusal is not None:
-            self._act(Close(refusal.code, refusal.reason, refusal.category))
+        verdict = self._validate(payload, isBinary)
+        if verdict.refusal is not None:
+            self._act(verdict.refusal)
             return
         try:
-            self.onValidatedMessage(payload, isBinary)
+            if self._wants_document:
+                self.onValidatedMessage(  # type: ignore[call-arg]
+                    payload, isBinary, document=verdict.document)
+            else:
+                self.onValidatedMessage(payload, isBinary)
         except Exception as e:
             self._app_failed("onValidatedMessage", e)
 
@@ -273,9 +278,10 @@ class SessionProtocol(WebSocketServerProtocol):
         _log.error("application {hook} raised {error}; session closed",
                    event="session_closed", hook=hook,
                    error=type(error).__name__, reason="app_error")
-        self.factory.count_close("app_error")
+        self.factory.count_close(_APP_ERROR.category)
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendCloseFrame(code=1011, reasonUtf8=b"internal error",
+            self.sendCloseFrame(code=_APP_ERROR.code,
+                                reasonUtf8=_APP_ERROR.reason.encode("ascii"),
                                 isReply=False)
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int,
@@ -377,13 +383,13 @@ class SessionProtocol(WebSocketServerProtocol):
     def _protocol_violation(self, reason: str) -> bool:
         """Close 1002 and stop reading: the rest of a bad frame (say, a
         control frame announcing gigabytes) is never buffered."""
-        self._fail_connection(1002, reason)
+        self._fail_connection(CloseCode.PROTOCOL_ERROR, reason)
         self.dropConnection(abort=False)
         self.data = b""
         return True
 
     def _invalid_payload(self, reason: str) -> bool:
-        self._fail_connection(1007, reason)
+        self._fail_connection(CloseCode.INVALID_PAYLOAD, reason)
         self.dropConnection(abort=False)
         self.data = b""
         return True
@@ -391,16 +397,18 @@ class SessionProtocol(WebSocketServerProtocol):
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         """Autobahn's reasons name the library and its limits: send a fixed
         text per close code instead."""
-        super()._fail_connection(code, _FIXED_REASONS.get(code, "connection failed"))
+        super()._fail_connection(code, FIXED_REASONS.get(code, "connection failed"))
 
     def _slow_consumer(self) -> None:
         """Close 1008 and abort at once: the peer is not reading, so the
         close frame would only queue behind the rest; aborting frees the
         buffers now."""
         self._slow = True
-        self._log_session("slow_consumer", POLICY)
-        self.sendCloseFrame(code=POLICY, reasonUtf8=b"slow consumer", isReply=False)
-        self.factory.count_close("slow_consumer")
+        verdict = _SLOW_CONSUMER
+        self._log_session(verdict.category, verdict.code)
+        self.sendCloseFrame(code=verdict.code,
+                            reasonUtf8=verdict.reason.encode("ascii"), isReply=False)
+        self.factory.count_close(verdict.category)
         transport: Any = self.transport
         transport.abortConnection()
 

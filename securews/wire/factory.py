@@ -32,7 +32,6 @@ from securews.ops.metrics import Metrics
 from securews.rules.buckets import BucketTable
 from securews.rules.config import Config, from_mapping
 from securews.rules.counters import ConnectionCounter
-from securews.rules.origin import parse_allow_list
 from securews.rules.validation import build_validator
 from securews.wire._session import PINNED_OPTIONS, PinnedOptions
 from securews.wire.deflate import accept_offer, refuse_offers
@@ -123,9 +122,9 @@ class SecureServerFactory(WebSocketServerFactory):
         self.outcomes: Counter[tuple[str, int]] = Counter()
         self.auth_failures: Counter[tuple[str, str]] = Counter()
         self.closes: Counter[str] = Counter()
-        self.origin_allow_list = parse_allow_list(config.origin.allowed)
+        self.origin_allow_list = config.origin.allowed
         self.allow_missing_origin = config.origin.allow_missing or config.dev
-        self.trusted_networks = config.server.trusted_networks
+        self.trusted_networks = config.server.trusted_proxies
         self.alerts = AlertLogger(config.alerts, config.ratelimit.ipv6_prefix,
                                   self.clock)
         self.failures = FailureLog(config.alerts.window,

@@ -82,7 +82,7 @@ def listening_factory(factory: SecureServerFactory,
         return wrapped
 
     return ProxyProtocolFactory(
-        wrapped, trusted=config.server.trusted_networks, clock=factory.clock,
+        wrapped, trusted=config.server.trusted_proxies, clock=factory.clock,
         timeout=config.limits.handshake_timeout,
         on_drop=factory.connection_dropped, on_accept=factory.connection_accepted,
     )

@@ -21,20 +21,23 @@ Messages reach the application as whole, validated payloads.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 
-from securews.wire._handshake import GOING_AWAY, HandshakeProtocol
+from securews.wire._handshake import HandshakeProtocol
 from securews.wire._session import SessionProtocol
 
-__all__ = ["GOING_AWAY", "SecureServerProtocol"]
+__all__ = ["SecureServerProtocol"]
 
 #: What an application may define although a base class has it.
 HOOKS = frozenset({
     "onSessionOpen", "onValidatedMessage", "onSessionClose",
     "onWritePaused", "onWriteResumed", "subprotocols",
 })
+#: What this hook itself sets on each subclass (and so is not redefined).
+_DERIVED = frozenset({"_wants_document"})
 #: Autobahn copies a factory option onto a protocol only when the protocol
 #: (or its class) lacks the attribute, so a class attribute such as
 #: ``maxMessagePayloadSize = 0`` would silently undo the factory's limit.
@@ -70,8 +73,11 @@ class SecureServerProtocol(SessionProtocol, HandshakeProtocol):  # type: ignore[
         ours = [k for k in cls.__mro__ if k not in base]
         redefined = sorted({
             name for klass in ours for name in vars(klass)
-            if name in inherited and name not in HOOKS and not name.startswith("__")
+            if name in inherited and name not in HOOKS and name not in _DERIVED
+            and not name.startswith("__")
         } | {name for klass in ours for name in _OPTIONS & set(vars(klass))})
+        cls._wants_document = "document" in inspect.signature(
+            cls.onValidatedMessage).parameters
         if redefined:
             raise TypeError(
                 f"{cls.__qualname__} redefines {', '.join(redefined)}: securews "

@@ -365,7 +365,7 @@ class ProxyProtocolFactory(WrappingFactory[ProxyProtocolWrapper]):
     presents a PROXY header from a trusted proxy.
 
     :param wrapped: the factory whose protocols see the client address.
-    :param trusted: the proxies' networks (``ServerSettings.trusted_networks``).
+    :param trusted: the proxies' networks (``ServerSettings.trusted_proxies``).
     :param clock: for the header timeout.
     :param timeout: seconds a trusted peer has to send a complete header.
     :param on_drop: called once for every connection this layer drops, with

@@ -150,3 +150,12 @@ def test_parse_origin_raises_only_origin_error(text: str) -> None:
     except OriginError:
         return
     assert parse_origin(str(origin)) == origin
+
+
+@given(host=domains, scheme=schemes, port=ports, wildcard=st.booleans())
+def test_allow_list_entries_round_trip(
+    host: str, scheme: str, port: int | None, wildcard: bool
+) -> None:
+    """An allow-list printed (startup logs, settings) parses back to itself."""
+    allow = parse_allow_list([render(scheme, ("*." if wildcard else "") + host, port)])
+    assert parse_allow_list(allow.entries) == allow

@@ -15,10 +15,10 @@ from jsonschema import Draft202012Validator
 from jsonschema_specifications import REGISTRY
 from referencing.exceptions import Unresolvable
 
+from securews.rules.codes import Close
 from securews.rules.config import ConfigError
 from securews.rules.settings import MessagesSettings
 from securews.rules.validation import (
-    MessageRefusal,
     MessageValidator,
     Verdict,
     build_validator,
@@ -33,7 +33,7 @@ ANY = build_validator(MessagesSettings())
 
 def refused(verdict: Verdict, code: int, category: str) -> bool:
     reason = {1003: "binary messages not accepted", 1007: "invalid message"}[code]
-    return (verdict.refusal == MessageRefusal(code, reason, category)
+    return (verdict.refusal == Close(code, reason, category)
             and not verdict.ok and verdict.document is None)
 
 

@@ -708,10 +708,9 @@ def test_every_label_securews_emits_is_in_its_fixed_set() -> None:
     counted = _found(r'count_outcome\(\s*"(\w+)", \d+(?:, "(\w+)")?')
     assert {outcome for outcome, _ in counted} <= OUTCOMES
     assert {reason for _, reason in counted if reason} <= HANDSHAKE_REASONS
-    categories = (_found(r'Close\(\w+, "[^"]*", "(\w+)"\)')
+    categories = (_found(r'Close\([\w.]+,\s*"[^"]*",\s*"(\w+)"\)')
                   | _found(r'Drop\("(\w+)"\)')
-                  | _found(r'count_close\("(\w+)"\)')
-                  | _found(r'MessageRefusal\(\w+, "[^"]*",\s*"(\w+)"\)'))
+                  | _found(r'count_close\("(\w+)"\)'))
     for names in _found(r"for category in \(([^)]*)\)"):
         categories |= set(re.findall(r'"(\w+)"', names))
     assert {"dead_peer", "rate_limited", "bad_utf8", "binary"} <= categories

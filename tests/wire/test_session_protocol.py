@@ -481,3 +481,33 @@ def test_a_credential_not_vouched_for_again_closes_4401(
         clock, Principal("alice", "cookie", expires_at=10.0, renew=renew))
     clock.advance(10)
     assert close_code(transport.value()) == 4401
+
+
+# -- the parsed JSON document, parsed once -------------------------------------------
+
+
+class DocumentReader(SecureServerProtocol):
+    def onValidatedMessage(self, payload: bytes, isBinary: bool,
+                           document: object = None) -> None:
+        self.factory.calls.append(("document", document))
+
+
+class PayloadReader(SecureServerProtocol):
+    def onValidatedMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.calls.append(("payload", payload))
+
+
+@pytest.mark.parametrize("fmt", ["json", "any"])
+def test_an_application_may_take_the_parsed_document(clock: Clock, fmt: str) -> None:
+    """With a ``document`` parameter the application gets the validator's
+    parsed JSON (with format = "json"; None otherwise); without one it is
+    called as before."""
+    for app, expected in ((DocumentReader, ("document", {"n": [1, 2]}
+                                            if fmt == "json" else None)),
+                          (PayloadReader, ("payload", b'{"n": [1, 2]}'))):
+        factory = make_factory(clock, AnonymousAuthenticator(), dev=True,
+                               messages={"format": fmt})
+        factory.protocol = app
+        proto, _transport = handshake(factory)
+        proto.dataReceived(frame(b'{"n": [1, 2]}'))
+        assert factory.calls == [expected]
