@@ -107,7 +107,7 @@ def build_authentication(config: Config, reactor: Any, *,
         ticket_store = InMemoryTicketStore(
             TicketBook(ttl=settings.ttl, max_outstanding=settings.max_outstanding,
                        bind_ip=settings.bind_ip), reactor)
-    ordered = [TicketAuthenticator(ticket_store) if name == "ticket"
+    ordered = [TicketAuthenticator(ticket_store, clock=reactor) if name == "ticket"
                else others.pop(0) for name in methods if name]
     return Authentication(
         ChainAuthenticator(ordered, explicit=explicit), ticket_store,

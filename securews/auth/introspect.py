@@ -15,11 +15,13 @@ refuses (fail closed, 401):
 * refused connection, DNS or TLS verification failure:
   ``"introspection_unreachable"``.
 
-Accepted answers are cached for ``introspect_cache`` seconds in a bounded
-LRU keyed by the SHA-256 of the forwarded header.  While a session is
-open its cookie is asked about again every ``introspect_cache`` seconds
-(see :attr:`~securews.auth.interfaces.Principal.renew`): a refusal then
-closes the session.  Refusals are not
+Accepted answers are cached for ``introspect_cache`` seconds (never past
+an ``exp`` the answer carries, after which it is ``"expired"``) in a
+bounded LRU keyed by the SHA-256 of the forwarded header.  While a session
+is open its cookie is asked about again, bypassing the cache, every
+``introspect_cache`` seconds (see
+:attr:`~securews.auth.interfaces.Principal.renew`): a refusal then closes
+the session.  Refusals are not
 cached, so a transient failure locks nobody out, and concurrent
 handshakes with the same header share one request.  The cookie is never
 logged, and kept (in memory) only while its session is open.
@@ -114,6 +116,15 @@ def _principal(body: bytes) -> Principal:
     return Principal(id=sub, method="cookie", claims=claims)
 
 
+def _exp(principal: Principal) -> float | None:
+    """The ``exp`` the application's answer carries (RFC 7662 style), if any."""
+    exp = principal.claims.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool) \
+            and math.isfinite(exp):
+        return float(exp)
+    return None
+
+
 def _optional(principal: Principal) -> Principal | None:
     return principal
 
@@ -176,7 +187,8 @@ class IntrospectingCookieAuthenticator:
         cookie = "; ".join(values).encode("latin-1")
         return self._session_principal(cookie).addCallback(_optional)
 
-    def _session_principal(self, cookie: bytes) -> Deferred[Principal]:
+    def _session_principal(self, cookie: bytes,
+                           fresh: bool = False) -> Deferred[Principal]:
         """
         The principal for ``cookie``, to be asked about again while its
         session is open: it expires at the next check (``introspect_cache``
@@ -188,21 +200,26 @@ class IntrospectingCookieAuthenticator:
         def for_session(principal: Principal) -> Principal:
             now = float(self._reactor.seconds())
             expires_at = now + max(self._ttl, _MIN_RECHECK)
-            exp = principal.claims.get("exp")
-            if isinstance(exp, int | float) and not isinstance(exp, bool) \
-                    and math.isfinite(exp):
-                expires_at = min(expires_at, float(exp))
+            exp = _exp(principal)
+            if exp is not None:
+                if exp <= now:  # the application's own answer says: over
+                    raise _refuse("expired")
+                expires_at = min(expires_at, exp)
             return Principal(principal.id, principal.method, principal.claims,
                              expires_at=expires_at,
-                             renew=lambda: self._session_principal(cookie))
+                             renew=lambda: self._session_principal(cookie, fresh=True))
 
-        return self._introspected(cookie).addCallback(for_session)
+        return self._introspected(cookie, fresh).addCallback(for_session)
 
-    def _introspected(self, cookie: bytes) -> Deferred[Principal]:
-        """What the application says of ``cookie``: from the cache, from a
-        request under way for the same header, or from a new one."""
+    def _introspected(self, cookie: bytes, fresh: bool = False) -> Deferred[Principal]:
+        """
+        What the application says of ``cookie``: from the cache (not when
+        ``fresh``: an open session's re-check asks anew, so a revoked cookie
+        is refused within one ``introspect_cache``), from a request under
+        way for the same header, or from a new one.
+        """
         key = hashlib.sha256(cookie).digest()
-        cached = self._lookup(key)
+        cached = None if fresh else self._lookup(key)
         if cached is not None:
             return succeed(cached)
         waiter: Deferred[Principal] = Deferred()
@@ -255,9 +272,15 @@ class IntrospectingCookieAuthenticator:
         return principal
 
     def _store(self, key: bytes, principal: Principal) -> None:
+        """Keep an accepted answer for ``introspect_cache`` seconds, never past
+        the ``exp`` it carries."""
         if self._ttl <= 0:
             return
-        self._cache[key] = (self._reactor.seconds() + self._ttl, principal)
+        expires = self._reactor.seconds() + self._ttl
+        exp = _exp(principal)
+        if exp is not None:
+            expires = min(expires, exp)
+        self._cache[key] = (expires, principal)
         self._cache.move_to_end(key)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)

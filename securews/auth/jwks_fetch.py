@@ -127,35 +127,54 @@ def _client_context(ca_path: str) -> ssl.SSLContext:
 class _DeadlineReader(io.RawIOBase):
     """A socket's reads, each allowed only the time left until ``deadline``."""
 
-    def __init__(self, sock: socket.socket, left: Callable[[], float]) -> None:
+    def __init__(self, owner: _DeadlineSocket) -> None:
         super().__init__()
-        self._sock = sock
-        self._left = left
+        self._owner = owner
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        self._sock.settimeout(self._left())
-        return self._sock.recv_into(buffer)
+        sock = self._owner.sock
+        sock.settimeout(self._owner.left())
+        return sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._owner.release()
 
 
 class _DeadlineSocket:
-    """What :mod:`http.client` uses of a socket, within one deadline."""
+    """
+    What :mod:`http.client` uses of a socket, within one deadline.
+
+    Like a real socket's ``makefile``, a reader keeps the socket open:
+    ``http.client`` closes the connection as soon as it has read the head
+    of an answer that will close (HTTP/1.0, ``Connection: close``), before
+    the body is read from that reader.
+    """
 
     def __init__(self, sock: socket.socket, left: Callable[[], float]) -> None:
-        self._sock = sock
-        self._left = left
+        self.sock = sock
+        self.left = left
+        self._users = 1
 
     def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._left))
+        self._users += 1
+        return io.BufferedReader(_DeadlineReader(self))
 
     def sendall(self, data: bytes) -> None:
-        self._sock.settimeout(self._left())
-        self._sock.sendall(data)
+        self.sock.settimeout(self.left())
+        self.sock.sendall(data)
 
     def close(self) -> None:
-        self._sock.close()
+        self.release()
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self.sock.close()
 
 
 class _Connection(http.client.HTTPSConnection):

@@ -94,11 +94,13 @@ class RefreshPlan:
 
     def unknown_kid(self, now: float) -> bool:
         """
-        A token named a ``kid`` the set lacks.
+        A token named a ``kid`` the set lacks: fetch within one cooldown,
+        unless the provider is failing (then its backoff stands: made-up
+        ``kid`` values must not turn a retry schedule into a hammer).
 
         :returns: whether :attr:`due` moved (earlier).
         """
-        if self.fetching:
+        if self.fetching or self.failures:
             return False
         earliest = max(now, self.last_start + self.cooldown)
         if earliest >= self.due:

@@ -191,13 +191,24 @@ class InMemoryTicketStore:
 
 @implementer(IAuthenticator)
 class TicketAuthenticator:
-    """Authenticates ``?ticket=...`` handshakes against a ticket store."""
+    """
+    Authenticates ``?ticket=...`` handshakes against a ticket store.
+
+    The session a ticket opens lives no longer than the credential that
+    minted it: if that credential has expired meanwhile, the ticket is
+    refused (``"expired"``), unless the credential can be renewed (an
+    introspected cookie is asked about again now).
+
+    :param clock: tells when the minting credential has expired.
+    """
 
     method = "ticket"
 
-    def __init__(self, store: ITicketStore, query_param: str = "ticket") -> None:
+    def __init__(self, store: ITicketStore, *, clock: IReactorTime,
+                 query_param: str = "ticket") -> None:
         self.store = store
         self.query_param = query_param
+        self._clock = clock
 
     def authenticate(self, request: HandshakeRequest) -> Deferred[Principal | None]:
         try:
@@ -211,11 +222,18 @@ class TicketAuthenticator:
             return fail(AuthenticationFailed("bad_request"))
         d = self.store.redeem(values[0], request.origin, request.client)
 
+        def still_good(principal: Principal) -> Deferred[Principal]:
+            expires_at = principal.expires_at
+            if expires_at is None or expires_at > self._clock.seconds():
+                return succeed(principal)
+            if principal.renew is None:
+                raise AuthenticationFailed("expired")
+            return principal.renew()
+
         def as_ticket_principal(principal: Principal) -> Principal | None:
-            # The session lives no longer than the credential that minted
-            # the ticket, and is renewed the way that credential is.
+            # Renewed the way the minting credential is.
             claims = {**principal.claims, "issued_via": principal.method}
             return Principal(id=principal.id, method=self.method, claims=claims,
                              expires_at=principal.expires_at, renew=principal.renew)
 
-        return d.addCallback(as_ticket_principal)
+        return d.addCallback(still_good).addCallback(as_ticket_principal)

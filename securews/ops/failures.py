@@ -47,6 +47,8 @@ CATEGORIES: dict[str, tuple[LogLevel, str]] = {
                      "client's connect rate"),
     "too_many_pending": (LogLevel.warn, "connections refused at accept: too many "
                          "unfinished handshakes from the client"),
+    "rate_limited": (LogLevel.warn, "requests answered 429: over the client's "
+                     "connect rate (behind a TLS-terminating proxy)"),
     "untrusted_peer": (LogLevel.warn, "plaintext connections refused: peer is not "
                        "a trusted proxy"),
     "untrusted_proxy": (LogLevel.warn, "connections refused: PROXY header "

@@ -27,6 +27,7 @@ host name made to resolve to the admin address), so requests whose
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 import attrs
@@ -164,11 +165,19 @@ class _NotFound(_Page):
         return _not_found(request)
 
 
+#: RFC 9110 ``Host``: ``[v6]`` or a name or IPv4 address, then an optional
+#: port of digits; nothing else.
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::[0-9]{1,5})?")
+
+
 class _Misdirected(_Page):
     """A ``Host`` that does not name this listener (DNS rebinding)."""
 
     def render(self, request: Request) -> bytes:
-        return _reply(request, 421, b"421 Misdirected Request\n")
+        body = _reply(request, 421, b"421 Misdirected Request\n")
+        # Twisted knows no phrase for 421.
+        request.setResponseCode(421, b"Misdirected Request")
+        return body
 
 
 class _NoHost(_Page):
@@ -198,14 +207,10 @@ def host_allowed(header: bytes | None, names: frozenset[str] | None) -> bool | N
         text = header.decode("ascii").strip().lower()
     except UnicodeDecodeError:
         return None
-    if text.startswith("["):
-        host, bracket, _ = text[1:].partition("]")
-        if not bracket:
-            return None
-    else:
-        host = text.rpartition(":")[0] if text.count(":") == 1 else text
-    if not host:
+    match = _HOST.fullmatch(text)
+    if match is None:
         return None
+    host = match.group("v6") or match.group("name")
     if names is None:
         return True
     try:

@@ -95,6 +95,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _ticket_origin: str | None = None
     _ticket_started = False
     _dropped = False
+    _summarised = False
     _admitted = False
     _accepted_at: float | None = None
     _peer: Peer
@@ -182,12 +183,14 @@ class HandshakeProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_handshake_timer()
-        if reason.check(SSL.Error) and self._scanner is None:
-            # OpenSSL failed before any request byte was decrypted: a TLS
-            # handshake failure (no shared suite or version, a client that
-            # rejects the certificate, plain HTTP on the TLS port, ...).
-            # The client's doing: counted and summarised, never an error.
-            self.factory.metrics.tls_failure()
+        if reason.check(SSL.Error) and self._head is None:
+            # OpenSSL failed before a whole request head was decrypted: a
+            # TLS handshake failure (no shared suite or version, a client
+            # that rejects the certificate, plain HTTP on the TLS port, ...)
+            # or a corrupt record in the middle of the head.  The client's
+            # doing: counted and summarised, never an error.
+            if self._scanner is None:  # nothing decrypted: the handshake
+                self.factory.metrics.tls_failure()
             self.factory.connection_dropped("tls_failure", self.client)
         elif getattr(self, "wasOpenHandshakeTimeout", False):
             if self._head is None:
@@ -300,6 +303,8 @@ class HandshakeProtocol(WebSocketServerProtocol):
             if not factory.connect_rate.take(peer.key, now):
                 wait = max(1, math.ceil(factory.connect_rate.retry_after(peer.key,
                                                                          now)))
+                # A flood's answers are summarised, not logged one by one.
+                self._summarised = True
                 return Refusal(429, "rate_limited", (("Retry-After", str(wait)),))
         key = peer.key
         self._release_pending()
@@ -354,6 +359,11 @@ class HandshakeProtocol(WebSocketServerProtocol):
                                self._handshake_request(head))
 
         def decided(principal: Principal) -> str | None:
+            expires_at = principal.expires_at
+            if expires_at is not None and expires_at <= self.factory.clock.seconds():
+                # Whatever vouched for it, a session never starts on a
+                # credential that is over (no hook runs, no 101 then 4401).
+                self._deny(Refusal(401, "expired"), method=principal.method)
             self._hold_principal_place(principal)
             self.principal = principal
             return self._choose_subprotocol(request.protocols)
@@ -465,7 +475,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
         if self.state == WebSocketProtocol.STATE_CLOSED:
             return
         self._release()
-        self._log_handshake(outcome, reason, status)
+        if self._summarised:
+            self.factory.failures.record(reason or outcome, self.client)
+        else:
+            self._log_handshake(outcome, reason, status)
         self.factory.count_outcome(outcome, status, reason, self._elapsed())
         if outcome == "refused" and status != 500:
             self.factory.alerts.record("denials", self.client)
@@ -473,6 +486,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
         # a second, warning-level line about the drop.
         self.wasClean = True
         self._transport.write(response)
+        # Nothing more is read (or decrypted) from a connection that was
+        # answered: the answer goes out, and the close timer ends the rest.
+        transport: Any = self.transport
+        transport.pauseProducing()
         self.dropConnection(abort=False)
 
     # -- the ticket endpoint -----------------------------------------------

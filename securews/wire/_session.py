@@ -208,17 +208,30 @@ class SessionProtocol(WebSocketServerProtocol):
         """
         Every frame header, of every opcode, before its payload is read:
         the frame is charged to the session's buckets here (see
-        :meth:`SessionGuard.frame`), so no kind of frame is free.  The
-        size limits (1009), which Autobahn checks first, take precedence.
+        :meth:`SessionGuard.frame`), so no kind of frame is free, while the
+        session is open and while it closes.  The size limits (1009),
+        which Autobahn checks first, take precedence.
         """
+        state = self.state
         super().onFrameBegin()
         guard = self._guard
-        if guard is not None and self.state == WebSocketProtocol.STATE_OPEN:
-            frame = self.current_frame
-            verdict = guard.frame(frame.opcode, frame.length, self._now())
-            if verdict is not None:
-                self._act(verdict)
-                self._stop_reading()
+        if guard is None or self.state != state:
+            # Not open yet, or this very frame broke a size limit (1009 is
+            # on its way out; an abort now would cut it off).
+            return
+        frame = self.current_frame
+        verdict = guard.frame(frame.opcode, frame.length, self._now())
+        if verdict is None:
+            return
+        if state == WebSocketProtocol.STATE_OPEN:
+            self._act(verdict)
+            self._stop_reading()
+        else:
+            # Closing already (our close frame is out, whatever the reason):
+            # a peer that keeps sending instead of answering it is charged
+            # as before, and once its budget is gone, cut off.
+            self._stop_reading()
+            self.dropConnection(abort=True)
 
     def onMessageFrameBegin(self, length: int) -> None:
         if self._perMessageCompress is None:
@@ -464,7 +477,10 @@ class SessionProtocol(WebSocketServerProtocol):
             guard = self._guard
             if guard is None or self.state != WebSocketProtocol.STATE_OPEN:
                 return
-            if not isinstance(new, Principal) or new.id != principal.id:
+            if (not isinstance(new, Principal) or new.id != principal.id
+                    or (new.expires_at is not None and new.expires_at <= self._now())):
+                # Someone else, or a credential that is over already: a
+                # renewal that did not renew (never a loop of re-checks).
                 self._act(CREDENTIAL_EXPIRED)
                 return
             self.principal = new

@@ -126,3 +126,27 @@ def test_dns_rebinding_cannot_read_the_admin_listener(
     status, body = admin_get(target, f"127.0.0.1:{target.admin_port}")
     assert status == 200
     assert b"securews_connections_accepted_total" in body
+
+
+def test_a_refused_connection_is_read_no_more(
+    tls_server: Target, who: Addresses, wires: Wires
+) -> None:
+    """
+    404, then tens of MiB pushed behind it: the server answered and reads
+    (and decrypts) nothing more, so the push stalls on full kernel buffers
+    within a few MiB instead of costing the server CPU until close_timeout.
+    """
+    target = tls_server
+    with attack(target, who, "stream after a refusal", handshake_bound(1)) as bystander:
+        wire = wires(target, who.attacker)
+        assert wire.upgrade("/nope").status == 404
+        chunk = b"x" * 65536
+        wire.sock.settimeout(1.0)
+        pushed = 0
+        with suppress(TimeoutError, ssl.SSLError, OSError):
+            while pushed < 64 * 2**20:
+                wire.send(chunk)
+                pushed += len(chunk)
+        bystander.during()
+    print(f"pushed {pushed / 2**20:.1f} MiB behind a 404 before the push stalled")
+    assert pushed < 16 * 2**20

@@ -685,3 +685,42 @@ def test_answer_exp_earlier_than_the_next_check_is_the_expiry() -> None:
 
     _clock, auth = _clocked(ExpAgent(), introspect_cache=30)
     assert result_of(auth.authenticate(handshake("session=a"))).expires_at == 12.5
+
+
+class ExpAnswers(FakeAgent):
+    """Answers {"sub": "alice", "exp": exp}, counting requests."""
+
+    exp: float = 0.0
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None,
+                bodyProducer: Any = None) -> Deferred[Any]:
+        self.calls += 1
+        body = json.dumps({"sub": "alice", "exp": self.exp}).encode()
+        return succeed(FakeResponse(200, body))
+
+
+def test_a_cached_answer_is_not_used_past_its_exp() -> None:
+    """The cache keeps an answer no longer than the exp it carries: a new
+    handshake after it asks again, and an answer whose exp has passed is
+    a refusal ("expired"), not a session."""
+    agent = ExpAnswers()
+    agent.exp = 3.0
+    clock, auth = _clocked(agent, introspect_cache=30)
+    assert result_of(auth.authenticate(handshake("session=a"))).expires_at == 3.0
+    clock.advance(3)
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        result_of(auth.authenticate(handshake("session=a")))
+    assert agent.calls == 2
+
+
+def test_a_session_re_check_bypasses_the_cache() -> None:
+    """Renewal asks the application anew, so a revocation there ends the
+    session within one introspect_cache, not two."""
+    agent = FakeAgent()
+    clock, auth = _clocked(agent, introspect_cache=30)
+    principal = result_of(auth.authenticate(handshake("session=a")))
+    result_of(auth.authenticate(handshake("session=a")))  # from the cache
+    assert agent.calls == 1
+    clock.advance(10)
+    result_of(principal.renew())
+    assert agent.calls == 2

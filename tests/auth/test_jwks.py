@@ -266,10 +266,27 @@ def test_fetches_start_at_least_a_cooldown_apart_and_unknown_kids_are_served(
                 done_at = now + duration
         now = target
         if unknown_kid and not plan.fetching:
+            due = plan.due
             plan.unknown_kid(now)
-            assert plan.due <= max(now, plan.last_start + cooldown)
+            if plan.failures:  # the provider's backoff stands
+                assert plan.due == due
+            else:
+                assert plan.due <= max(now, plan.last_start + cooldown)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= cooldown - 1e-6 for gap in gaps)
+
+
+def test_unknown_kids_do_not_shorten_the_backoff_of_a_failing_provider() -> None:
+    """While the provider fails, a flood of made-up kids changes no retry."""
+    plan = RefreshPlan.after(0.0, None, refresh=300, cooldown=2)
+    plan.start(plan.due)
+    plan.failed(plan.due)
+    plan.start(plan.due)
+    plan.failed(plan.due)
+    due = plan.due
+    for n in range(100):
+        assert not plan.unknown_kid(plan.last_start + 2 + n * 0.01)
+    assert plan.due == due
 
 
 def test_backoff_doubles_from_the_cooldown_up_to_the_refresh_interval() -> None:

@@ -90,6 +90,15 @@ class Provider(Resource):
             return NOT_DONE_YET
         request.setResponseCode(self.status)
         request.setHeader(b"content-type", b"application/jwk-set+json")
+        if self.mode == "close":
+            # The answer ends the connection (as HTTP/1.0 providers do), its
+            # head sent before the body, in TLS records of its own.
+            request.setHeader(b"connection", b"close")
+            request.setHeader(b"content-length", b"%d" % len(self.document))
+            request.write(b"")
+            global_reactor.callLater(0.05, lambda: (request.write(self.document),
+                                                    request.finish()))
+            return NOT_DONE_YET
         if self.cache_control is not None:
             request.setHeader(b"cache-control", self.cache_control.encode())
         return self.document
@@ -210,6 +219,17 @@ async def test_startup_fetch_loads_the_keys_and_honours_max_age(
     logged = [formatEvent(e) for e in events if e.get("event") == "jwks"]
     assert logged == [f"JWKS from {HOST}:{running.provider.port}: 2 keys "
                       "(1 skipped: 1 symmetric)"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_fetch_reads_an_answer_that_closes_the_connection(
+        idp: Any, files: CertFiles, load: Any) -> None:
+    """``Connection: close`` (as HTTP/1.0 providers answer): the body is read
+    after the client closed its side, as a real socket's file allows."""
+    running = await idp(files)
+    running.provider.mode = "close"
+    keys = await load(running.settings())
+    assert set(keys.current.keys.by_kid) == {"a"}
 
 
 @pytest.mark.parametrize(("setup", "says"), [

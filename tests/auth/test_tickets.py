@@ -203,7 +203,7 @@ def test_store_and_authenticator_with_a_clock() -> None:
     clock = Clock()
     store = InMemoryTicketStore(book(ttl=30), clock)
     verifyObject(ITicketStore, store)
-    auth = TicketAuthenticator(store)
+    auth = TicketAuthenticator(store, clock=clock)
     verifyObject(IAuthenticator, auth)
     ticket = result_of(store.issue(ALICE, ORIGIN, IP))
     request = HandshakeRequest(head(f"ticket={ticket}"), IP, ORIGIN)
@@ -221,7 +221,8 @@ def test_store_and_authenticator_with_a_clock() -> None:
 
 def test_authenticator_without_ticket_passes_on() -> None:
     """No ?ticket= is 'no credential of mine'; two of them is a bad request."""
-    auth = TicketAuthenticator(InMemoryTicketStore(book(), Clock()))
+    clock = Clock()
+    auth = TicketAuthenticator(InMemoryTicketStore(book(), clock), clock=clock)
     no_ticket = HandshakeRequest(head("a=b"), IP, ORIGIN)
     assert result_of(auth.authenticate(no_ticket)) is None
     with pytest.raises(AuthenticationFailed, match="bad_request"):
@@ -278,7 +279,7 @@ def test_a_ticket_session_inherits_the_minting_credentials_expiry() -> None:
 
     minter = Principal("alice", "cookie", expires_at=500.0, renew=renew)
     ticket = result_of(store.issue(minter, ORIGIN, IP))
-    principal = result_of(TicketAuthenticator(store).authenticate(
+    principal = result_of(TicketAuthenticator(store, clock=clock).authenticate(
         HandshakeRequest(head(f"ticket={ticket}"), IP, ORIGIN)))
     assert (principal.method, principal.expires_at) == ("ticket", 500.0)
     assert principal.renew is renew
@@ -348,3 +349,30 @@ def test_credentials_of_methods_not_configured_do_not_count() -> None:
     chain = ChainAuthenticator([cookie], explicit=EXPLICIT)
     request = HandshakeRequest(with_headers("token=a&ticket=t"), IP, None)
     assert result_of(chain.authenticate(request)) == ALICE
+
+
+def test_a_ticket_whose_minting_credential_expired_is_refused() -> None:
+    """The JWT that minted it is over by the handshake: 401 expired, no
+    session (not 101 and 4401 after the application ran)."""
+    clock = Clock()
+    store = InMemoryTicketStore(book(ttl=30), clock)
+    ticket = result_of(store.issue(Principal("alice", "jwt", expires_at=5.0),
+                                   ORIGIN, IP))
+    clock.advance(5)
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        result_of(TicketAuthenticator(store, clock=clock).authenticate(
+            HandshakeRequest(head(f"ticket={ticket}"), IP, ORIGIN)))
+
+
+def test_a_renewable_minting_credential_is_renewed_at_redemption() -> None:
+    """An introspected cookie's re-check time passed: it is asked again."""
+    clock = Clock()
+    store = InMemoryTicketStore(book(ttl=30), clock)
+    renewed = Principal("alice", "cookie", expires_at=100.0)
+    ticket = result_of(store.issue(
+        Principal("alice", "cookie", expires_at=5.0, renew=lambda: succeed(renewed)),
+        ORIGIN, IP))
+    clock.advance(6)
+    principal = result_of(TicketAuthenticator(store, clock=clock).authenticate(
+        HandshakeRequest(head(f"ticket={ticket}"), IP, ORIGIN)))
+    assert (principal.method, principal.expires_at) == ("ticket", 100.0)

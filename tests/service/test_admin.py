@@ -92,6 +92,13 @@ def http_request(port: int, path: str, method: str = "GET",
         conn.close()
 
 
+def status_line(port: int, host: str) -> bytes:
+    """The first line of the answer to ``GET /healthz`` with ``Host: host``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        return sock.recv(4096).split(b"\r\n", 1)[0]
+
+
 def samples(text: str) -> Samples:
     """Every sample of a text exposition, keyed by name and labels."""
     return {(s.name, frozenset(s.labels.items())): s.value
@@ -450,7 +457,9 @@ async def admin_port() -> AsyncIterator[int]:
     ("127.0.0.1", 200), ("127.0.0.1:9100", 200), ("LOCALHOST:9100", 200),
     ("[::1]:9100", 200), ("metrics.internal", 200),
     ("evil.example", 421), ("evil.example:9100", 421), ("localhost.evil.example", 421),
-    ("", 400), ("[::1", 400),
+    ("", 400), ("[::1", 400), ("[::1]evil", 400), ("[::1]:evil.com", 400),
+    ("localhost:abc", 400), ("localhost:19101 evil", 400),
+    ("[fe80::1%25evil.com]", 400), ("localhost.", 421),
 ])
 @pytest_twisted.ensureDeferred
 async def test_only_hosts_naming_the_listener_are_answered(
@@ -471,10 +480,13 @@ async def test_only_hosts_naming_the_listener_are_answered(
         port = (await port_of(service)).getHost().port
         got, _, body = await deferToThread(http_request, port, "/healthz", "GET",
                                            host)
+        line = await deferToThread(status_line, port, host)
     finally:
         await service.stopService()
     assert got == code
     assert (body == b"ok\n") == (code == 200)
+    if code == 421:
+        assert line == b"HTTP/1.1 421 Misdirected Request"
 
 
 @pytest_twisted.ensureDeferred

@@ -178,7 +178,7 @@ def ticket_factory(clock: Clock, issuer_result: Any = ALICE,
                    **sections: Any) -> SecureServerFactory:
     store = InMemoryTicketStore(
         TicketBook(ttl=30, max_outstanding=2, bind_ip=True), clock)
-    factory = make_factory(clock, TicketAuthenticator(store), **sections)
+    factory = make_factory(clock, TicketAuthenticator(store, clock=clock), **sections)
     factory.ticket_store = store
     factory.ticket_issuer = FixedAuthenticator(issuer_result)
     return factory

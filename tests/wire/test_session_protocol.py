@@ -468,19 +468,24 @@ def test_a_renewed_credential_keeps_its_session(clock: Clock) -> None:
 @pytest.mark.parametrize("answer", [
     RuntimeError("introspection unreachable"),
     Principal("mallory", "cookie", expires_at=1e9),
-], ids=["no-answer", "another-principal"])
+    Principal("alice", "cookie", expires_at=9.0),
+], ids=["no-answer", "another-principal", "already-over"])
 def test_a_credential_not_vouched_for_again_closes_4401(
     clock: Clock, answer: object
 ) -> None:
-    """No answer (fail closed), or an answer about someone else: 4401."""
+    """No answer (fail closed), an answer about someone else, or one whose
+    expiry has passed already: 4401, asked once (never a loop)."""
+    asked = []
 
     def renew() -> Deferred[Principal]:
+        asked.append(1)
         return fail(answer) if isinstance(answer, Exception) else succeed(answer)
 
     _, transport = expiring_session(
         clock, Principal("alice", "cookie", expires_at=10.0, renew=renew))
     clock.advance(10)
     assert close_code(transport.value()) == 4401
+    assert asked == [1]
 
 
 # -- the parsed JSON document, parsed once -------------------------------------------
@@ -511,3 +516,40 @@ def test_an_application_may_take_the_parsed_document(clock: Clock, fmt: str) -> 
         proto, _transport = handshake(factory)
         proto.dataReceived(frame(b'{"n": [1, 2]}'))
         assert factory.calls == [expected]
+
+
+def test_a_principal_already_expired_never_gets_a_session(clock: Clock) -> None:
+    """An authenticator vouching for a credential that is over: 401, and the
+    application never runs."""
+    clock.advance(100)
+    factory = make_factory(clock, FixedAuthenticator(
+        Principal("alice", "jwt", expires_at=100.0)))
+    _, transport = handshake(factory)
+    assert transport.value().startswith(b"HTTP/1.1 401 ")
+    assert factory.calls == []
+
+
+@pytest.mark.parametrize("trigger", ["oversize", "binary", "idle"])
+def test_frames_after_our_close_are_charged_and_cut_off(
+    clock: Clock, trigger: str
+) -> None:
+    """Once the server has sent its close (1009, 1003, idle...), a peer that
+    floods instead of answering is still charged, and aborted when its
+    budget is gone: nothing is parsed for free until close_timeout."""
+    proto, transport = open_session(
+        clock, ratelimit={"messages_per_second": 1, "message_burst": 50},
+        limits={"max_fragments": 50, "max_frame_size": 1024,
+                "max_message_size": 1024, "idle_timeout": 5, "close_timeout": 30},
+        messages={"allow_binary": False})
+    if trigger == "oversize":  # the announced payload is skipped, unread
+        proto.dataReceived(struct.pack("!BBH", 0x82, 0x80 | 126, 2000) + b"\0" * 4
+                           + b"x" * 2000)
+    elif trigger == "binary":
+        proto.dataReceived(frame(b"b", opcode=0x2))
+    else:
+        clock.advance(5)
+    assert close_code(transport.value()) in (1009, 1003, 1000)
+    assert not transport.disconnecting
+    proto.dataReceived(b"".join(frame(b"", opcode=0x9) for _ in range(100)))
+    assert transport.disconnecting or transport.disconnected
+    assert proto.data == b""
