@@ -172,7 +172,7 @@ def serve_twisted(kind: str, port: int, cert: str, key: str) -> None:
                                          redirectStandardIO=False)
         service = build_service(config, reactor)
         service.startService()
-        waiting = service.listener._waitingForPort  # type: ignore[attr-defined]
+        waiting = service.listener.when_listening()  # type: ignore[attr-defined]
         waiting.addCallbacks(ready, failed)
     else:
         from twisted.internet.endpoints import TCP4ServerEndpoint

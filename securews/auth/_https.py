@@ -26,10 +26,10 @@ from twisted.web.client import (
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ResponseDone,
-    _HTTP11ClientFactory,
 )
 from twisted.web.http import PotentialDataLoss
 
+from securews._twisted import quiet_pool
 from securews.rules.config import ConfigError
 
 __all__ = ["BodyTooLarge", "BoundedBody", "Discard", "check_https_url",
@@ -102,20 +102,13 @@ def trust_root(path: str, *, key: str) -> object:
     return root
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """Twisted's, without two INFO events ("Starting factory") per request."""
-
-    noisy = False
-
-
 def verifying_agent(reactor: Any, trust: object, connect_timeout: float) -> Agent:
     """
     An :class:`~twisted.web.client.Agent` that verifies the server's
     certificate and hostname against ``trust`` (see :func:`trust_root`),
     opens a fresh connection per request and does not follow redirects.
     """
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    pool._factory = _QuietClientFactory
+    pool = quiet_pool(HTTPConnectionPool(reactor, persistent=False))
     return Agent(reactor, pool=pool, connectTimeout=connect_timeout,
                  contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
 

@@ -26,7 +26,8 @@ from securews.rules.buckets import TokenBucket
 from securews.rules.codes import Close, CloseCode
 from securews.rules.settings import LimitsSettings, RateLimitSettings
 
-__all__ = ["CREDENTIAL_EXPIRED", "Close", "Drop", "Ping", "Renew", "SessionGuard"]
+__all__ = ["CREDENTIAL_EXPIRED", "RECORD_COST", "Close", "Drop", "Ping", "Renew",
+           "SessionGuard"]
 
 
 
@@ -48,6 +49,10 @@ class Renew:
     (:attr:`~securews.auth.interfaces.Principal.renew`), then call
     :meth:`SessionGuard.renewed` or close with :data:`CREDENTIAL_EXPIRED`."""
 
+
+#: The least a TLS record costs in the byte bucket (see
+#: :meth:`SessionGuard.records`).
+RECORD_COST = 256
 
 _RATE_LIMITED = Close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", "rate_limited")
 _TOO_MANY_FRAGMENTS = Close(CloseCode.MESSAGE_TOO_BIG, "too many fragments",
@@ -125,6 +130,21 @@ class SessionGuard:
             self._wire += length
         taken = self.messages.take(now)
         if not (self.bytes.take(now, length) and taken):
+            return _RATE_LIMITED
+        return None
+
+    def records(self, count: int, size: int, now: float) -> Close | None:
+        """
+        ``count`` TLS records carrying ``size`` bytes arrived.
+
+        Every record costs the server work of its own (decryption, a read
+        through the WebSocket parser), so a record carrying less than
+        :data:`RECORD_COST` bytes is charged that much anyway: the shortfall
+        is taken from the byte bucket (the bytes themselves are charged by
+        the frames they form).  Full records cost nothing more.
+        """
+        shortfall = count * RECORD_COST - size
+        if shortfall > 0 and not self.bytes.take(now, shortfall):
             return _RATE_LIMITED
         return None
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import ILogObserver, Logger
@@ -23,6 +22,7 @@ from securews.auth.interfaces import IAuthenticator
 from securews.ops.systemd import Notifier, watchdog_service
 from securews.rules.config import Config
 from securews.service.admin import Readiness, admin_service
+from securews.service.listener import ListeningService
 from securews.service.reload import CertificateReloadService
 from securews.wire.factory import SecureServerFactory
 from securews.wire.listening import listening_factory, server_endpoint
@@ -39,8 +39,8 @@ class SecureWebSocketService(MultiService):
     ``server.shutdown_grace``.
 
     :ivar factory: the WebSocket factory.
-    :ivar listener: the endpoint service (its ``_waitingForPort`` fires
-        with the listening port).
+    :ivar listener: the listening service (``when_listening()`` fires
+        with the port).
     :ivar readiness: what the admin listener's ``/readyz`` reports.
     :ivar admin: the admin listener (a child), stopped last, after the
         drain, so that ``/readyz`` answers 503 while sessions close.
@@ -49,7 +49,7 @@ class SecureWebSocketService(MultiService):
     log = Logger(namespace="securews.service")
 
     def __init__(self, config: Config, factory: SecureServerFactory,
-                 listener: StreamServerEndpointService,
+                 listener: ListeningService,
                  observer: ILogObserver | None = None,
                  notifier: Notifier | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -61,7 +61,7 @@ class SecureWebSocketService(MultiService):
         self.notifier = Notifier({}) if notifier is None else notifier
         self.admin: IService | None = None
         self.reloader: IService | None = None
-        listener.setServiceParent(self)
+        listener.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def setServiceParent(self, parent: Any) -> None:
         """Also hand ``[log]``'s observer to twistd's application."""
@@ -79,9 +79,7 @@ class SecureWebSocketService(MultiService):
                 proxies=", ".join(
                     _shown(n) for n in self.config.server.trusted_proxies),
             )
-        waiting = self.listener._waitingForPort
-        if waiting is not None:
-            waiting.addCallback(self._listening)
+        self.listener.when_listening().addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
         self.readiness.listening = True
@@ -151,9 +149,7 @@ def build_service(config: Config, reactor: Any, *,
                                   authenticator=authenticator, reactor=reactor)
     endpoint = server_endpoint(reactor, config.server.listen)
     context = server_context(config.tls) if config.tls.enabled else None
-    listener = StreamServerEndpointService(endpoint,
-                                           listening_factory(factory, context))
-    listener._raiseSynchronously = True
+    listener = ListeningService(endpoint, listening_factory(factory, context))
     factory.metrics.watch_certificate(
         None if context is None
         else lambda: context.credentials.leaf.not_valid_after_utc)

@@ -31,7 +31,6 @@ import re
 from typing import Any
 
 import attrs
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
@@ -44,9 +43,11 @@ from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from securews._twisted import endpoint_interface
 from securews.ops.metrics import CONTENT_TYPE, Metrics
 from securews.rules.config import ConfigError
 from securews.rules.settings import AdminSettings
+from securews.service.listener import ListeningService
 from securews.wire.listening import server_endpoint
 
 __all__ = ["AdminResource", "Readiness", "admin_service", "host_allowed",
@@ -263,8 +264,8 @@ def non_loopback(endpoint: IStreamServerEndpoint) -> str | None:
         return None
     if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
         return "a socket whose interface cannot be known"
-    interface = getattr(endpoint, "_interface", None)
-    if not isinstance(interface, str):
+    interface = endpoint_interface(endpoint)
+    if interface is None:
         return "an interface that cannot be known"
     try:
         address = ipaddress.ip_address(interface)
@@ -306,6 +307,5 @@ def admin_service(settings: AdminSettings, metrics: Metrics, readiness: Readines
     hosts = (None if isinstance(endpoint, UNIXServerEndpoint)
              else frozenset({"localhost", *settings.hosts}))
     site = _QuietSite(AdminResource(metrics, readiness), reactor, hosts)
-    service = StreamServerEndpointService(endpoint, site)
-    service._raiseSynchronously = True
+    service = ListeningService(endpoint, site)
     return service

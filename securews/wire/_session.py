@@ -189,6 +189,21 @@ class SessionProtocol(WebSocketServerProtocol):
             "server" if by_server else "client")
         self.onSessionClose(wasClean, code, reason)
 
+    def tlsRecordsReceived(self, count: int, size: int) -> None:
+        """
+        The TLS layer (:class:`securews._twisted.SecureTLSTransport`) is
+        about to deliver ``size`` bytes that came in ``count`` records:
+        records carrying little are charged (see
+        :meth:`SessionGuard.records`), before the data is parsed.
+        """
+        guard = self._guard
+        if guard is None or self._deaf or self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        verdict = guard.records(count, size, self._now())
+        if verdict is not None:
+            self._act(verdict)
+            self._stop_reading()
+
     def dataReceived(self, data: bytes) -> None:
         guard = self._guard
         if guard is None:

@@ -30,29 +30,11 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from securews._twisted import queued_bytes
+
 __all__ = ["WriteGate", "buffered_bytes", "limit_send_buffer"]
 
 _MAX_LAYERS = 4
-
-
-def _queued(transport: Any) -> int:
-    # vars(), not getattr(): Twisted's TLS wrapper forwards unknown
-    # attributes to the transport beneath, which would be counted twice.
-    own = getattr(transport, "__dict__", {})
-    total = 0
-    data = own.get("dataBuffer")
-    if isinstance(data, bytes | bytearray | memoryview):
-        total += len(data) - int(own.get("offset", 0))
-        total += int(own.get("_tempDataLen", 0))
-    pending = own.get("_appSendBuffer")
-    if isinstance(pending, list):
-        total += sum(len(chunk) for chunk in pending)
-    aggregator = own.get("_aggregator")
-    if aggregator is not None:
-        small = getattr(aggregator, "__dict__", {}).get("_buffer")
-        if isinstance(small, list):
-            total += sum(len(chunk) for chunk in small)
-    return total
 
 
 def buffered_bytes(transport: Any) -> int:
@@ -61,7 +43,7 @@ def buffered_bytes(transport: Any) -> int:
     for _ in range(_MAX_LAYERS):
         if transport is None:
             break
-        total += _queued(transport)
+        total += queued_bytes(transport)
         transport = getattr(transport, "transport", None)
     return total
 

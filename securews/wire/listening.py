@@ -14,8 +14,8 @@ from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from securews._twisted import SecureTLSFactory
 from securews.rules.config import ConfigError
 from securews.wire.factory import SecureServerFactory
 from securews.wire.proxy import ProxyProtocolFactory
@@ -77,7 +77,7 @@ def listening_factory(factory: SecureServerFactory,
     if config.tls.enabled:
         if context is None:
             context = server_context(config.tls)
-        wrapped = TLSMemoryBIOFactory(context, False, factory)
+        wrapped = SecureTLSFactory(context, False, factory)
     if not config.server.proxy_protocol:
         return wrapped
 

@@ -13,11 +13,11 @@ and the rules are:
 * The TCP peer must be in ``server.trusted_proxies``; any other peer is
   dropped as it connects, before a byte is read (whoever can open a TCP
   connection could otherwise claim any address).
-* Every connection must start with a complete, valid header within
-  ``limits.handshake_timeout``: no header (a bare ClientHello), a
-  malformed one, one longer than :data:`MAX_V1_HEADER` /
-  :data:`MAX_V2_HEADER` bytes, or none in time, and the connection is
-  dropped, with no answer.  Header bytes are never logged.
+* Every connection must start with a complete, valid header (read by
+  :mod:`securews.rules.proxy_header`) within ``limits.handshake_timeout``:
+  no header (a bare ClientHello), a malformed or oversized one, or none
+  in time, and the connection is dropped, with no answer.  Header bytes
+  are never logged.
 * Only then is the wrapped protocol connected, and its ``getPeer()`` is
   the address the header carries: the client address securews uses for
   limits and logs.  A v2 ``LOCAL`` header (the proxy's own health check),
@@ -27,9 +27,7 @@ and the rules are:
   ``trusted_proxies``, so with this layer every connection on it is
   dropped: use a TCP listener.
 
-Decoding reuses Twisted's parsers (``twisted.protocols.haproxy``); framing,
-bounds and checks of what they return are here.  Twisted's own
-``HAProxyWrappingFactory`` is not used: it connects the wrapped protocol
+Twisted's own ``HAProxyWrappingFactory`` is not used: it connects the wrapped protocol
 before the header is read (so ``connectionMade`` would see the proxy's
 address), drops a header split before its 8th or 16th byte, bounds a v2
 header only at 64 KiB and has no timeout.
@@ -38,11 +36,9 @@ header only at 64 KiB and has no timeout.
 from __future__ import annotations
 
 import ipaddress
-import struct
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import attrs
 from twisted.internet import address
 from twisted.internet.interfaces import (
     IAddress,
@@ -53,168 +49,35 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from securews.rules.peer import peer_is_trusted
+from securews.rules.proxy_header import (
+    BadProxyHeader,
+    CarriedAddress,
+    ProxyHeader,
+    read_header,
+)
 
 __all__ = [
-    "MAX_V1_HEADER",
-    "MAX_V2_HEADER",
-    "BadProxyHeader",
-    "ProxyHeader",
     "ProxyProtocolFactory",
     "ProxyProtocolWrapper",
     "proxied_by",
     "proxy_header",
-    "read_header",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-CarriedAddress = address.IPv4Address | address.IPv6Address
-
-#: The longest v1 header, CRLF included (the specification's bound).
-MAX_V1_HEADER = 107
-#: The longest v2 header securews reads, TLVs included: the 16-byte fixed
-#: part, 216 bytes of UNIX addresses at most, and room for TLVs (ALPN,
-#: authority, unique ID, a cloud provider's endpoint ID).
-MAX_V2_HEADER = 1024
-
-_V1_SIGNATURE = b"PROXY "
-_V2_SIGNATURE = V2Parser.PREFIX
-_CRLF = b"\r\n"
 
 
-class BadProxyHeader(ValueError):
-    """
-    The connection does not start with an acceptable PROXY header.
-
-    :ivar reason: a fixed category for logs: ``missing`` (no PROXY
-        signature), ``too_long`` or ``malformed``.  The header itself is
-        never part of the exception.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@attrs.frozen
-class ProxyHeader:
-    """
-    A complete, valid PROXY header.
-
-    :ivar version: 1 or 2.
-    :ivar source: the client's address, or ``None`` to keep the proxy's own
-        (v2 ``LOCAL``, v1 ``UNKNOWN``, families other than TCP/IP).
-    :ivar destination: the address the client connected to, or ``None``.
-    :ivar size: how many bytes the header took; what follows belongs to
-        the wrapped protocol.
-    """
-
-    version: int
-    source: CarriedAddress | None
-    destination: CarriedAddress | None
-    size: int
-
-
-def _carried(value: IAddress | None, exact: bool) -> CarriedAddress | None:
-    """
-    A TCP/IP address from Twisted's parsers, checked and in canonical form
-    (compressed IPv6; IPv4-mapped IPv6 as IPv4, as :mod:`client_address`
-    compares them).
-
-    :param exact: the family must match the address text (v1, whose text
-        Twisted does not check).
-    :raises BadProxyHeader: for an address that does not parse or does not
-        match its family.
-    """
-    if not isinstance(value, address.IPv4Address | address.IPv6Address):
+def _twisted_address(carried: CarriedAddress | None
+                     ) -> address.IPv4Address | address.IPv6Address | None:
+    """A carried address as the ``IAddress`` a transport's ``getPeer`` gives."""
+    if carried is None:
         return None
-    if value.type != "TCP":
-        return None
-    try:
-        ip = ipaddress.ip_address(value.host)
-    except ValueError:
-        raise BadProxyHeader("malformed") from None
-    want = 4 if isinstance(value, address.IPv4Address) else 6
-    if exact and (ip.version != want or getattr(ip, "scope_id", None)):
-        raise BadProxyHeader("malformed")
-    if not 0 <= value.port <= 65535:
-        raise BadProxyHeader("malformed")
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return address.IPv4Address("TCP", str(ip.ipv4_mapped), value.port)
-    if isinstance(ip, ipaddress.IPv4Address):
-        return address.IPv4Address("TCP", str(ip), value.port)
-    return address.IPv6Address("TCP", str(ip), value.port)
-
-
-def _read_v1(data: bytes) -> ProxyHeader | None:
-    end = data.find(_CRLF, 0, MAX_V1_HEADER)
-    if end < 0:
-        if len(data) >= MAX_V1_HEADER:
-            raise BadProxyHeader("too_long")
-        return None
-    line = data[:end]
-    if not all(0x20 <= c < 0x7F for c in line):
-        raise BadProxyHeader("malformed")
-    fields = line.split(b" ")
-    if fields[1] == V1Parser.UNKNOWN_PROTO:
-        # "PROXY UNKNOWN" and anything after it up to CRLF, as the
-        # specification allows (Twisted's parser wants more fields).
-        return ProxyHeader(1, None, None, end + 2)
-    if len(fields) != 6 or not all(f.isdigit() and len(f) <= 5 for f in fields[4:]):
-        raise BadProxyHeader("malformed")
-    try:
-        info = V1Parser.parse(line)
-    except (InvalidProxyHeader, ValueError):
-        raise BadProxyHeader("malformed") from None
-    return ProxyHeader(1, _carried(info.source, exact=True),
-                       _carried(info.destination, exact=True), end + 2)
-
-
-def _read_v2(data: bytes) -> ProxyHeader | None:
-    if len(data) < 16:
-        return None
-    if data[12] & 0xF0 != 0x20:
-        raise BadProxyHeader("malformed")
-    size = 16 + int(struct.unpack("!H", data[14:16])[0])
-    if size > MAX_V2_HEADER:
-        raise BadProxyHeader("too_long")
-    if len(data) < size:
-        return None
-    try:
-        info = V2Parser.parse(data[:size])
-    except (InvalidProxyHeader, ValueError, KeyError, IndexError, struct.error):
-        raise BadProxyHeader("malformed") from None
-    return ProxyHeader(2, _carried(info.source, exact=False),
-                       _carried(info.destination, exact=False), size)
-
-
-def read_header(data: bytes) -> ProxyHeader | None:
-    """
-    Read a PROXY header (v1 or v2) from the start of a connection.
-
-    Pure: call it again with more bytes appended until it decides.
-
-    :param data: every byte received so far.
-    :returns: the header once complete, or ``None`` while ``data`` is a
-        valid beginning of one (never beyond :data:`MAX_V1_HEADER` or
-        :data:`MAX_V2_HEADER` bytes).
-    :raises BadProxyHeader: as soon as ``data`` cannot begin an acceptable
-        header.
-    """
-    for signature, read in ((_V1_SIGNATURE, _read_v1), (_V2_SIGNATURE, _read_v2)):
-        common = min(len(data), len(signature))
-        if common and data[:common] == signature[:common]:
-            return read(data) if len(data) >= len(signature) else None
-    if not data:
-        return None
-    raise BadProxyHeader("missing")
+    kind = address.IPv4Address if carried.version == 4 else address.IPv6Address
+    return kind("TCP", carried.host, carried.port)
 
 
 def _proxy_layer(transport: object) -> ProxyProtocolWrapper | None:
@@ -316,13 +179,17 @@ class ProxyProtocolWrapper(ProtocolWrapper):
     # -- transport for the wrapped protocol ---------------------------------
 
     def getPeer(self) -> IAddress:
-        if self.header is not None and self.header.source is not None:
-            return self.header.source
+        if self.header is not None:
+            carried = _twisted_address(self.header.source)
+            if carried is not None:
+                return carried
         return self.transport.getPeer()  # type: ignore[union-attr]
 
     def getHost(self) -> IAddress:
-        if self.header is not None and self.header.destination is not None:
-            return self.header.destination
+        if self.header is not None:
+            carried = _twisted_address(self.header.destination)
+            if carried is not None:
+                return carried
         return self.transport.getHost()  # type: ignore[union-attr]
 
     def abortConnection(self) -> None:

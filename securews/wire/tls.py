@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from securews._twisted import set_groups
 from securews.rules.config import ConfigError, TLSSettings
 
 __all__ = [
@@ -166,10 +167,7 @@ def _select_alpn(connection: SSL.Connection,
 
 
 def _set_groups(context: SSL.Context) -> None:
-    from OpenSSL._util import lib
-
-    context_ptr = context._context
-    if lib.SSL_CTX_set1_curves_list(context_ptr, ECDH_GROUPS) != 1:
+    if not set_groups(context, ECDH_GROUPS):
         raise ConfigError("OpenSSL refused the ECDH group list", key="tls")
 
 
@@ -248,7 +246,7 @@ class ServerTLSContext:
     def __init__(self, settings: TLSSettings, credentials: ServerCredentials) -> None:
         self.settings = settings
         self.credentials = credentials
-        self._context = _build_context(settings, credentials)
+        self._ssl_context = _build_context(settings, credentials)
 
     def reload(self, now: datetime.datetime) -> None:
         """
@@ -270,12 +268,12 @@ class ServerTLSContext:
                 f"OpenSSL refused the certificate in {self.settings.cert} or "
                 f"the key in {self.settings.key}", key="tls.cert",
             ) from None
-        self.credentials, self._context = credentials, context
+        self.credentials, self._ssl_context = credentials, context
 
     def serverConnectionForTLS(
         self, tlsProtocol: TLSMemoryBIOProtocol
     ) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
+        return SSL.Connection(self._ssl_context, None)
 
 
 def server_context(settings: TLSSettings, *,

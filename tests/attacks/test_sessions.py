@@ -15,6 +15,7 @@ import threading
 import time
 import zlib
 from contextlib import suppress
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -438,4 +439,35 @@ def test_frame_floods_of_every_kind_close_1008(
           f"flood ({n_during} probes): {during / quiet:.1f}x")
     assert len(verdicts) >= FLOODERS
     assert set(verdicts) == {(1008, "rate limit exceeded")}
+    closed_by_server(target, since, "rate_limited", 1008)
+
+
+def server_cpu(pid: int) -> float:
+    """The server's CPU time so far (user + system), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_one_byte_tls_records_are_charged_and_closed_1008(
+    tls_server: Target, who: Addresses, wires: Wires
+) -> None:
+    """
+    A session whose frames come as TLS records of one byte each: each
+    record costs the server work whatever it carries, so the byte budget
+    charges it as at least RECORD_COST bytes and the session is closed 1008
+    "rate limit exceeded" long before its millions of records are read.
+    """
+    target = tls_server
+    since = target.mark()
+    with attack(target, who, "one-byte TLS records", SESSION_BOUND) as bystander:
+        wire = wires(target, who.attacker)
+        wire.open_session(who.attacker)
+        raw = wire.tiny_records(frame(b"r" * 60_000, BINARY) * 5)
+        before = server_cpu(target.pid)
+        sent = wire.push(raw, 20)
+        assert wire.wait_close_frame(10) == (1008, "rate limit exceeded")
+        spent = server_cpu(target.pid) - before
+        bystander.during()
+    print(f"one-byte records: {sent / len(raw):.0%} of {len(raw) / MiB:.1f} MiB "
+          f"pushed before the close; server CPU {spent:.2f} s")
     closed_by_server(target, since, "rate_limited", 1008)

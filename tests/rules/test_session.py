@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from securews.rules.session import (
     CREDENTIAL_EXPIRED,
+    RECORD_COST,
     Close,
     Drop,
     Ping,
@@ -284,3 +285,34 @@ def test_a_dead_peer_is_dropped_before_its_credential_is_looked_at() -> None:
                      RateLimitSettings(), opened_at=0.0, expires_at=10)
     assert g.tick(5) == Ping()
     assert g.tick(10) == Drop("dead_peer")
+
+
+# -- TLS records -------------------------------------------------------------------
+
+
+def test_tiny_tls_records_are_charged_what_they_cost() -> None:
+    """One-byte records cost RECORD_COST bytes each; full records nothing."""
+    g = guard(rates={"bytes_per_second": 1, "bytes_burst": 100 * RECORD_COST})
+    assert g.records(1, 16384, now=0) is None
+    assert g.records(4, 4 * RECORD_COST, now=0) is None
+    assert g.bytes.level(0) == 100 * RECORD_COST
+    assert g.records(99, 99, now=0) is None
+    assert g.records(2, 2, now=0) == RATE_LIMITED
+
+
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(1, 5000),
+                          st.integers(0, 10**6)), max_size=100),
+       st.floats(1, 10**6), st.integers(70000, 10**7))
+def test_record_charges_never_exceed_the_byte_bound(
+    reads: list[tuple[float, int, int]], rate: float, burst: int
+) -> None:
+    """However records fall, the shortfall admitted by time t stays within
+    burst + rate * t."""
+    g = guard(rates={"bytes_per_second": rate, "bytes_burst": burst})
+    now, admitted = 0.0, 0
+    for dt, count, size in reads:
+        now += dt
+        if g.records(count, size, now) is not None:
+            return
+        admitted += max(0, count * RECORD_COST - size)
+        assert admitted <= burst + rate * now + 1e-3

@@ -25,7 +25,6 @@ import pytest_twisted
 from cryptography import x509
 from OpenSSL import SSL
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted
@@ -52,6 +51,7 @@ from securews.rules.config import ConfigError
 from securews.rules.settings import AdminSettings
 from securews.service._service import build_service
 from securews.service.admin import Readiness, admin_service
+from securews.service.listener import ListeningService
 from securews.testing import make_config
 from tests.support.common import CertFiles, websocket_client_tls
 from tests.support.memory import (
@@ -129,15 +129,9 @@ def counter_deltas(before: Samples, after: Samples) -> Samples:
     return moved
 
 
-def port_of(endpoint_service: Any) -> Deferred[Any]:
-    """The listening port of a started endpoint service, without consuming it."""
-    d: Deferred[Any] = Deferred()
-
-    def got(port: Any) -> Any:
-        d.callback(port)
-        return port
-
-    endpoint_service._waitingForPort.addCallback(got)
+def port_of(listening_service: Any) -> Deferred[Any]:
+    """The listening port of a started listening service."""
+    d: Deferred[Any] = listening_service.when_listening()
     return d
 
 
@@ -584,7 +578,7 @@ def test_build_service_has_no_admin_listener_by_default(certs: CertFiles) -> Non
     service: Any = build_service(config, MemoryReactor(),
                                  authenticator=AnonymousAuthenticator())
     assert service.admin is None
-    listeners = [c for c in service if isinstance(c, StreamServerEndpointService)]
+    listeners = [c for c in service if isinstance(c, ListeningService)]
     assert listeners == [service.listener]
 
 

@@ -60,12 +60,12 @@ SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)
 WIRED_TAC = '''
 import os
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Application
 from twisted.internet import reactor
 
 from securews.auth.anonymous import AnonymousAuthenticator
 from securews.rules.config import load
+from securews.service.listener import ListeningService
 from securews.wire.factory import SecureServerFactory
 from securews.wire.listening import listening_factory, server_endpoint
 from securews.service.reload import CertificateReloadService
@@ -91,10 +91,9 @@ config = load(os.environ["SECUREWS_SETTINGS"])
 factory = SecureServerFactory(config, authenticator=AnonymousAuthenticator(),
                               reactor=reactor)
 context = server_context(config.tls)
-listener = StreamServerEndpointService(
+listener = ListeningService(
     server_endpoint(reactor, config.server.listen),
     listening_factory(factory, context))
-listener._raiseSynchronously = True
 top = NotifyingService(config, factory, listener)
 CertificateReloadService(reactor, context).setServiceParent(top)
 watchdog = watchdog_service(notifier, reactor)

@@ -241,6 +241,38 @@ class RawClient:
             sent += len(chunk)
         return sent
 
+    def tiny_records(self, data: bytes) -> bytes:
+        """``data`` as TLS records of one byte each, encrypted, ready to push
+        (the session's TLS must be up)."""
+        assert self.use_tls
+        assert self.secure
+        for i in range(len(data)):
+            self.tls.write(data[i:i + 1])
+        return self.outgoing.read()
+
+    def push(self, raw: bytes, limit: float) -> int:
+        """
+        Send bytes already encrypted (or plaintext without TLS), never
+        blocking, until they are all sent, the server starts closing, or
+        ``limit`` seconds pass.  Returns the bytes sent.
+        """
+        deadline = time.monotonic() + limit
+        view, sent = memoryview(raw), 0
+        while sent < len(raw) and time.monotonic() < deadline:
+            self.pump(0)
+            if self.closed or self.close_frame() is not None:
+                break
+            _, writable, _ = select.select([], [self.sock], [], 0.05)
+            if not writable:
+                continue
+            try:
+                sent += self.sock.send(view[sent:sent + 256 * KiB], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+        return sent
+
     def flood(self, chunk: bytes, limit: float) -> int:
         """
         Send ``chunk`` over and over, never blocking, until the server

@@ -1,0 +1,235 @@
+"""
+Every private name of Twisted and pyOpenSSL that securews touches, in one
+place, checked when this module is imported.
+
+A private name can be renamed or removed in any release.  If securews
+overrode a method that no longer exists, the override would simply never
+run and a defence would switch itself off without a word; if it read an
+attribute that is gone, a check would quietly count zero.  So each name
+is listed below with why securews needs it, :data:`NAMES` is verified at
+import (a missing one stops the server from starting, naming it), and
+``tests/test_twisted_fence.py`` shows each override is really called.  No
+other module of securews may touch these names (a test scans for them);
+Autobahn's have a fence of their own, :mod:`securews.wire._autobahn`.
+
+The names, and why they cannot be avoided:
+
+``TLSMemoryBIOProtocol._flushReceiveBIO`` (and what it uses:
+``_lostTLSConnection``, ``_tlsConnection``, ``_aborted``,
+``_shutdownTLS``, ``_tlsShutdownFinished``, ``_flushSendBIO``)
+    Twisted hands each decrypted TLS record to the protocol as its own
+    ``dataReceived`` call.  A client sending one-byte records makes the
+    server run the whole WebSocket read path per byte (about 10 µs),
+    within every byte and frame limit.  :class:`SecureTLSTransport`
+    delivers all the records of one socket read in one call, and reports
+    how many there were, so the session can charge them.
+``TLSMemoryBIOProtocol._appSendBuffer``, ``BufferingTLSTransport._aggregator``
+(``_buffer``), ``FileDescriptor`` ``dataBuffer``/``offset``/``_tempDataLen``
+    What a connection has queued and not yet sent: Twisted has no public
+    count of it, and the slow-consumer limit needs one.
+``OpenSSL.SSL.Context._context`` with ``OpenSSL._util.lib``
+    pyOpenSSL can set one ECDH curve, not the list (X25519, P-256, P-384):
+    ``SSL_CTX_set1_groups_list`` is reached through its FFI binding.
+``TCP4ServerEndpoint._interface`` / ``TCP6ServerEndpoint._interface``
+    Which interface an admin endpoint string binds, exactly as Twisted
+    parsed it (positional forms, escaped colons), before it listens.
+``HTTPConnectionPool._factory``, ``twisted.web.client._HTTP11ClientFactory``
+    The introspection and JWKS clients open a connection per request;
+    Twisted's client factory logs two INFO lines for each.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from OpenSSL import SSL
+from OpenSSL import _util as openssl_util
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+__all__ = [
+    "NAMES",
+    "SecureTLSFactory",
+    "SecureTLSTransport",
+    "endpoint_interface",
+    "queued_bytes",
+    "quiet_pool",
+    "set_groups",
+]
+
+#: ``(owner, name, why)``: every private name used below.
+NAMES: tuple[tuple[type[Any] | object, str, str], ...] = (
+    (TLSMemoryBIOProtocol, "_flushReceiveBIO", "batch decrypted records"),
+    (TLSMemoryBIOProtocol, "_lostTLSConnection", "batch decrypted records"),
+    (TLSMemoryBIOProtocol, "_tlsConnection", "batch decrypted records"),
+    (TLSMemoryBIOProtocol, "_aborted", "batch decrypted records"),
+    (TLSMemoryBIOProtocol, "_shutdownTLS", "batch decrypted records"),
+    (TLSMemoryBIOProtocol, "_tlsShutdownFinished", "batch decrypted records"),
+    (TLSMemoryBIOProtocol, "_flushSendBIO", "batch decrypted records"),
+    (TLSMemoryBIOProtocol, "_appSendBuffer", "count queued bytes"),
+    (BufferingTLSTransport, "_aggregator", "count queued bytes"),
+    (FileDescriptor, "_tempDataLen", "count queued bytes"),
+    (SSL.Context, "_context", "set the ECDH groups"),
+    (openssl_util, "lib", "set the ECDH groups"),
+    (TCP4ServerEndpoint, "_interface", "check the admin interface"),
+    (HTTPConnectionPool, "_factory", "quiet HTTP client connections"),
+)
+
+
+def _present(owner: type[Any] | object, name: str) -> bool:
+    """Whether ``owner`` has ``name``, as a class member or an attribute its
+    methods set on instances (``self.name =``)."""
+    if hasattr(owner, name):
+        return True
+    if not inspect.isclass(owner):
+        return False
+    for klass in inspect.getmro(owner):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        if f"self.{name} =" in source or f"self.{name}:" in source:
+            return True
+    return False
+
+
+def _check(names: tuple[tuple[type[Any] | object, str, str], ...]) -> None:
+    """
+    :raises ImportError: naming each listed name this Twisted or pyOpenSSL
+        lacks: securews must not start with a defence silently switched off.
+    """
+    missing = [f"{getattr(owner, '__qualname__', owner)}.{name} ({why})"
+               for owner, name, why in names if not _present(owner, name)]
+    if missing:
+        raise ImportError(
+            "securews relies on private names this Twisted/pyOpenSSL no longer "
+            "has: " + "; ".join(missing) + ". Install the versions setup.cfg "
+            "allows, or update securews/_twisted.py.")
+
+
+_check(NAMES)
+
+
+# -- TLS: one delivery per socket read ----------------------------------------
+
+
+class SecureTLSTransport(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, delivering every record a socket read made
+    available in one ``dataReceived`` call.
+
+    Before that call the wrapped protocol's ``tlsRecordsReceived(count,
+    size)`` is called, when it has one, with how many records the data
+    came in and their size: tiny records cost the server per record,
+    whatever they carry.
+    """
+
+    def _flushReceiveBIO(self) -> None:
+        chunks: list[bytes] = []
+        ended: Failure | None = None
+        shutdown = False
+        while not self._lostTLSConnection:
+            try:
+                chunk = self._tlsConnection.recv(2**15)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                shutdown = True
+                break
+            except SSL.Error:
+                ended = Failure()
+                break
+            chunks.append(chunk)
+        if chunks and not self._aborted:
+            data = b"".join(chunks)
+            counter = getattr(self.wrappedProtocol, "tlsRecordsReceived", None)
+            if counter is not None:
+                counter(len(chunks), len(data))
+            if not self._aborted:
+                ProtocolWrapper.dataReceived(self, data)
+        if shutdown:
+            # TLS has shut down: no more data will come (Twisted's order).
+            self._shutdownTLS()  # type: ignore[no-untyped-call]
+            self._tlsShutdownFinished(None)  # type: ignore[no-untyped-call]
+        elif ended is not None:
+            self._tlsShutdownFinished(ended)  # type: ignore[no-untyped-call]
+        self._flushSendBIO()  # type: ignore[no-untyped-call]
+
+
+class SecureTLSFactory(TLSMemoryBIOFactory):
+    """:class:`~twisted.protocols.tls.TLSMemoryBIOFactory` building
+    :class:`SecureTLSTransport`."""
+
+    protocol = SecureTLSTransport
+
+
+# -- what a connection has queued --------------------------------------------
+
+
+def queued_bytes(transport: Any) -> int:
+    """
+    Bytes written to ``transport`` itself and not yet passed on: a TCP
+    transport's write buffers, a TLS transport's cleartext buffer and its
+    small-write aggregator.  Wrapping layers are not followed (the caller
+    walks them).
+    """
+    # vars(), not getattr(): Twisted's TLS wrapper forwards unknown
+    # attributes to the transport beneath, which would be counted twice.
+    own = getattr(transport, "__dict__", {})
+    total = 0
+    data = own.get("dataBuffer")
+    if isinstance(data, bytes | bytearray | memoryview):
+        total += len(data) - int(own.get("offset", 0))
+        total += int(own.get("_tempDataLen", 0))
+    pending = own.get("_appSendBuffer")
+    if isinstance(pending, list):
+        total += sum(len(chunk) for chunk in pending)
+    aggregator = own.get("_aggregator")
+    if aggregator is not None:
+        small = getattr(aggregator, "__dict__", {}).get("_buffer")
+        if isinstance(small, list):
+            total += sum(len(chunk) for chunk in small)
+    return total
+
+
+# -- OpenSSL, endpoints, HTTP client -----------------------------------------
+
+
+def set_groups(context: SSL.Context, groups: bytes) -> bool:
+    """``SSL_CTX_set1_groups_list``: the ECDH groups, in order of preference.
+
+    :returns: whether OpenSSL accepted the list.
+    """
+    result: int = openssl_util.lib.SSL_CTX_set1_curves_list(context._context, groups)
+    return result == 1
+
+
+def endpoint_interface(endpoint: IStreamServerEndpoint) -> str | None:
+    """The interface a TCP server endpoint binds (``""``: every one), or
+    ``None`` when it is not a TCP endpoint."""
+    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        return None
+    interface = getattr(endpoint, "_interface", None)
+    return interface if isinstance(interface, str) else None
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """Twisted's, without two INFO events ("Starting factory") per request."""
+
+    noisy = False
+
+
+def quiet_pool(pool: HTTPConnectionPool) -> HTTPConnectionPool:
+    """``pool``, opening its connections without per-connection log lines."""
+    pool._factory = _QuietClientFactory
+    return pool
