@@ -41,6 +41,7 @@ The names, and why they cannot be avoided:
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 from OpenSSL import SSL
@@ -86,21 +87,30 @@ NAMES: tuple[tuple[type[Any] | object, str, str], ...] = (
 )
 
 
+_SOURCES: dict[str, str] = {}
+
+
+def _source(module: str) -> str:
+    """A module's source, read once (``inspect.getsource`` per class would
+    cost seconds at every start)."""
+    if module not in _SOURCES:
+        try:
+            _SOURCES[module] = inspect.getsource(sys.modules[module])
+        except (OSError, TypeError, KeyError):
+            _SOURCES[module] = ""
+    return _SOURCES[module]
+
+
 def _present(owner: type[Any] | object, name: str) -> bool:
-    """Whether ``owner`` has ``name``, as a class member or an attribute its
-    methods set on instances (``self.name =``)."""
+    """Whether ``owner`` has ``name``, as a class member or an attribute the
+    code of it or its bases sets on instances (``self.name =``)."""
     if hasattr(owner, name):
         return True
     if not inspect.isclass(owner):
         return False
-    for klass in inspect.getmro(owner):
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        if f"self.{name} =" in source or f"self.{name}:" in source:
-            return True
-    return False
+    return any(f"self.{name} =" in text or f"self.{name}:" in text
+               for text in map(_source, dict.fromkeys(
+                   k.__module__ for k in inspect.getmro(owner))))
 
 
 def _check(names: tuple[tuple[type[Any] | object, str, str], ...]) -> None:

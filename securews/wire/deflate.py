@@ -59,6 +59,14 @@ from autobahn.websocket.compress import (
     PerMessageDeflateOfferAccept,
 )
 
+from securews.wire._autobahn import (
+    deflate_in_use,
+    deflate_is_server,
+    pending_compressed_octets,
+    per_message_compress,
+    replace_per_message_compress,
+)
+
 __all__ = [
     "DEFAULT_MEM_LEVEL",
     "DEFAULT_WINDOW_BITS",
@@ -243,7 +251,7 @@ class BoundedPerMessageDeflate(PerMessageDeflate):
         """The bounded twin of a negotiated stock extension, same parameters."""
         limit = pmce.max_message_size
         budget = max_message_size if limit is None else min(limit, max_message_size)
-        return cls(pmce._is_server, pmce.server_no_context_takeover,
+        return cls(deflate_is_server(pmce), pmce.server_no_context_takeover,
                    pmce.client_no_context_takeover, pmce.server_max_window_bits,
                    pmce.client_max_window_bits, pmce.mem_level, budget)
 
@@ -370,38 +378,21 @@ def install_bounded_deflate(protocol: Any, max_message_size: int
         permessage-deflate (securews never accepts another), or a
         message has already started.
     """
-    pmce = getattr(protocol, "_perMessageCompress", None)
+    pmce = per_message_compress(protocol)
     if pmce is None:
         return None
     if isinstance(pmce, BoundedPerMessageDeflate):
         return pmce
     if type(pmce) is not PerMessageDeflate:
         raise TypeError(f"refusing to run with compression extension {pmce!r}")
-    if pmce._decompressor is not None or pmce._compressor is not None:
+    if deflate_in_use(pmce):
         raise TypeError("install_bounded_deflate must run before any message")
     bounded = BoundedPerMessageDeflate.from_extension(pmce, max_message_size)
-    in_use: list[Any] = protocol.websocket_extensions_in_use
-    protocol.websocket_extensions_in_use = [
-        bounded if ext is pmce else ext for ext in in_use]
-    protocol._perMessageCompress = bounded
+    replace_per_message_compress(protocol, pmce, bounded)
     return bounded
 
 
 # -- the protocol's count of a compressed message ----------------------------
-
-
-def _pending_compressed_octets(protocol: Any) -> int:
-    """
-    Octets of the current compressed data frame that Autobahn has already
-    added to ``message_data_total_length`` but not yet inflated.
-    """
-    if not getattr(protocol, "_isMessageCompressed", False):
-        return 0
-    frame = getattr(protocol, "current_frame", None)
-    masker = getattr(protocol, "current_frame_masker", None)
-    if frame is None or masker is None or frame.opcode > 7:
-        return 0
-    return max(0, int(frame.length) - int(masker.pointer()))
 
 
 @contextmanager
@@ -436,7 +427,7 @@ def exact_message_size(protocol: Any) -> Iterator[None]:
     The compressed frame stays bounded by ``max_frame_size`` (checked at
     frame begin as before) and the inflated message by the extension.
     """
-    pending = _pending_compressed_octets(protocol)
+    pending = pending_compressed_octets(protocol)
     if not pending or getattr(protocol, "_securews_exact_size", False):
         yield  # nothing pending, or already inside a wrapper: count once
         return
