@@ -10,9 +10,34 @@ Pure code: no I/O, no reactor.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
-__all__ = ["ConnectionCounter"]
+__all__ = ["ConnectionCounter", "Lease"]
+
+
+class Lease:
+    """
+    One place held in a counter, given back by :meth:`release`.
+
+    Releasing twice (a refusal path and ``connectionLost`` both cleaning up,
+    say) gives the place back once: no path can leak a place, and none can
+    give back a place it does not hold.
+    """
+
+    __slots__ = ("_give_back",)
+
+    def __init__(self, give_back: Callable[[], None]) -> None:
+        self._give_back: Callable[[], None] | None = give_back
+
+    @property
+    def released(self) -> bool:
+        return self._give_back is None
+
+    def release(self) -> None:
+        """Give the place back; any later call does nothing."""
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()
 
 
 class ConnectionCounter:
@@ -44,6 +69,12 @@ class ConnectionCounter:
         self._counts[key] = held + 1
         self.total += 1
         return True
+
+    def lease(self, key: Hashable) -> Lease | None:
+        """A place for ``key`` as a :class:`Lease`, or ``None`` when full."""
+        if not self.try_acquire(key):
+            return None
+        return Lease(lambda: self.release(key))
 
     def release(self, key: Hashable) -> None:
         """
