@@ -59,6 +59,7 @@ parent, and logs to ``KIND.log`` beside ``CERT``.  Every kind serves
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,11 @@ def main(argv: list[str]) -> int:
     # client's own (it was, when the client pinned itself first).
     _harness.pin_server(int(cpu) if cpu else None)
     _harness.raise_nofile()
+    audit = os.environ.get("SECUREWS_BENCH_AUDIT")
+    if audit:
+        import _audit
+
+        _audit.install(audit)
     if kind == "websockets":
         serve_websockets(int(port), cert, key)
     else:
