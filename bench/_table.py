@@ -144,7 +144,7 @@ def report(names: dict[str, str], args: Any, results: dict[str, Any],
         what = "throughput" if target.startswith(">") else "memory per idle connection"
         out(f"target: securews {what} {target} x {base_name}: "
             f"{'MET' if all(r.met() for r in judged) else 'NOT MET'} "
-            f"(worst {worst.ratio(TARGET_BASELINE) or 0:.2f}: {worst.name})")
+            f"(worst {worst.ratio(TARGET_BASELINE) or 0:.3f}: {worst.name})")
     if client_peak:
         bound = ("" if client_peak < CLIENT_BOUND else
                  ": the client may have been the limit in some rows")
