@@ -421,6 +421,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if "--phases" not in " ".join(argv if argv is not None else sys.argv):
             # callgrind alone takes a minute to start the servers
             args.phases.remove("instructions")
+            print("--quick: no instruction counts (name them in --phases "
+                  "to have them)", file=sys.stderr)
     if "instructions" in args.phases and not _instructions.available():
         p.error("the instructions phase needs valgrind (Debian package "
                 "valgrind); leave it out with --phases")
