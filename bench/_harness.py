@@ -1,10 +1,12 @@
 """
-What the benchmarks in ``bench/`` share: CPU placement and accounting,
-the throwaway certificate and JWT key, the server child processes, and
-the client source addresses.
+What the benchmarks in ``bench/`` share: CPU placement (chosen once,
+servers pinned by CPU number, affinity read back from the kernel) and
+accounting, the client's event loop, the throwaway certificate and JWT
+key, the server child processes, and the client source addresses.
 
 Not a benchmark itself.  The scripts that import it (``echo_overhead.py``,
-``peers.py``) put this directory on ``sys.path`` by being run from it;
+``peers.py``, ``idle_audit.py``) put this directory on ``sys.path`` by
+being run from it;
 importing this module puts the checkout first on ``sys.path`` so that
 this checkout's securews is measured, not a copy installed elsewhere.
 """
