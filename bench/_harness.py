@@ -1,16 +1,19 @@
 """
-What the benchmarks in ``bench/`` share: CPU placement and accounting,
-the throwaway certificate and JWT key, the server child processes, and
-the client source addresses.
+What the benchmarks in ``bench/`` share: CPU placement (chosen once,
+servers pinned by CPU number, affinity read back from the kernel) and
+accounting, the client's event loop, the throwaway certificate and JWT
+key, the server child processes, and the client source addresses.
 
 Not a benchmark itself.  The scripts that import it (``echo_overhead.py``,
-``peers.py``) put this directory on ``sys.path`` by being run from it;
+``peers.py``, ``idle_audit.py``) put this directory on ``sys.path`` by
+being run from it;
 importing this module puts the checkout first on ``sys.path`` so that
 this checkout's securews is measured, not a copy installed elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import glob
@@ -23,7 +26,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,26 +50,107 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # -- CPU placement and accounting ---------------------------------------------
 
 
-def cpu_pair() -> tuple[int, int] | None:
-    """``(servers' CPU, client's CPU)``, or ``None`` on a single CPU."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+#: ``(servers' CPU, client's CPU)``, decided once from the affinity this
+#: process started with (:func:`plan_cpus`), before anything is pinned.
+_PLAN: tuple[int, int] | None = None
+_PLANNED = False
 
 
-def pin_server() -> None:
-    """Pin this (server) process to the first CPU of :func:`cpu_pair`."""
-    pair = cpu_pair()
-    if pair is not None:
-        os.sched_setaffinity(0, {pair[0]})
+def plan_cpus() -> tuple[int, int] | None:
+    """
+    ``(servers' CPU, client's CPU)``: the first two CPUs this process may
+    run on when first called, or ``None`` with a single CPU.  Decided once,
+    so that pinning the client later does not change where servers go.
+    """
+    global _PLAN, _PLANNED
+    if not _PLANNED:
+        cpus = sorted(os.sched_getaffinity(0))
+        _PLAN = (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+        _PLANNED = True
+    return _PLAN
 
 
-def pin_client() -> str:
-    """Pin this (client) process to the second CPU; say where everything runs."""
-    pair = cpu_pair()
-    if pair is None:
-        return "one CPU only: servers and client share it"
-    os.sched_setaffinity(0, {pair[1]})
-    return f"servers pinned to CPU {pair[0]}, client to CPU {pair[1]}"
+def pin_server(cpu: int | None) -> None:
+    """Pin this (server) process to ``cpu``, the one the parent chose."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+def pin_client() -> None:
+    """Pin this (client) process to the client's CPU of :func:`plan_cpus`.
+
+    Call it after the servers have started: they are pinned explicitly,
+    never by inheritance, but a server started before the plan would see
+    only the client's CPU."""
+    plan = plan_cpus()
+    if plan is not None:
+        os.sched_setaffinity(0, {plan[1]})
+
+
+def affinity(pid: int) -> set[int]:
+    """The CPUs a process's threads may run on, read back from the kernel
+    (the union over its threads; all of them, not just the main one)."""
+    cpus: set[int] = set()
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        with contextlib.suppress(OSError, ValueError):
+            cpus |= os.sched_getaffinity(int(task.rsplit("/", 1)[1]))
+    return cpus or os.sched_getaffinity(pid)
+
+
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def placement(servers: dict[str, int], clients: dict[str, int]) -> tuple[str, bool]:
+    """
+    Where every process actually may run, read back with
+    ``os.sched_getaffinity`` (per thread), one line, and whether servers
+    and clients share no CPU.
+
+    :param servers: name -> pid of each server process.
+    :param clients: name -> pid of each client (load generator) process.
+    """
+    server_cpus: set[int] = set()
+    client_cpus: set[int] = set()
+    parts = []
+    for name, pid in servers.items():
+        cpus = affinity(pid)
+        server_cpus |= cpus
+        parts.append(f"{name} (pid {pid}) CPU {_cpus(cpus)}")
+    for name, pid in clients.items():
+        cpus = affinity(pid)
+        client_cpus |= cpus
+        parts.append(f"client {name} (pid {pid}) CPU {_cpus(cpus)}")
+    apart = not (server_cpus & client_cpus)
+    verdict = ("servers and client on separate CPUs" if apart else
+               "WARNING: servers and client share CPU "
+               f"{_cpus(server_cpus & client_cpus)}")
+    return f"affinity read back: {'; '.join(parts)}: {verdict}", apart
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The client's event loop: ``"uvloop"``, ``"asyncio"`` (the default
+    loop) or ``"auto"`` (uvloop when installed)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if name == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def loop_name() -> str:
+    """The running loop, as the run prints it."""
+    loop = asyncio.get_running_loop()
+    module = type(loop).__module__.split(".")[0]
+    if module == "uvloop":
+        import uvloop
+
+        return f"uvloop {uvloop.__version__}"
+    return f"asyncio's {type(loop).__name__}"
 
 
 def schedstat(pid: int | str = "self") -> tuple[float, float]:
@@ -222,18 +306,30 @@ class Addresses:
 
 
 class Server:
-    """A ``_servers.py`` child process, listening once constructed."""
+    """
+    A ``_servers.py`` child process, listening once constructed.
+
+    :param pin: pin it to the servers' CPU of :func:`plan_cpus` (else it
+        may run anywhere).
+    :param wrapper: a command the server runs under (``valgrind ...``).
+    """
 
     def __init__(self, kind: str, cert: str, key: str, timeout: float = 30.0, *,
-                 wait: bool = True) -> None:
+                 wait: bool = True, pin: bool = True,
+                 wrapper: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.timeout = timeout
         self.port = 0
         self.log = Path(cert).parent / f"{kind}.log"
         self.stderr = open(Path(cert).parent / f"{kind}.stderr", "w+b")  # noqa: SIM115
+        plan = plan_cpus()
+        self.cpu = plan[0] if pin and plan is not None else None
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_servers.py"), kind, "0", cert, key],
+            [*(wrapper or []), sys.executable, str(HERE / "_servers.py"), kind, "0",
+             cert, key, "" if self.cpu is None else str(self.cpu)],
             stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
         self.pid = self.proc.pid
         if wait:
@@ -248,6 +344,13 @@ class Server:
             raise
 
     def _wait_ready(self, timeout: float) -> int:
+        word, _, rest = self.read_line(timeout, "listening").partition(" ")
+        if word != "READY":
+            raise RuntimeError(f"{self.kind}: {word} {rest}")
+        return int(rest)
+
+    def read_line(self, timeout: float, what: str) -> str:
+        """The server's next line on stdout, within ``timeout`` seconds."""
         assert self.proc.stdout is not None
         line = b""
         deadline = time.monotonic() + timeout
@@ -256,16 +359,22 @@ class Server:
             while not line.endswith(b"\n"):
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
-                    raise RuntimeError(f"{self.kind}: not ready after {timeout}s"
+                    raise RuntimeError(f"{self.kind}: not {what} after {timeout}s"
                                        f"{self.stderr_tail()}")
                 chunk = os.read(self.proc.stdout.fileno(), 1)
                 if not chunk:
-                    raise RuntimeError(f"{self.kind}: exited before listening"
+                    raise RuntimeError(f"{self.kind}: exited before {what}"
                                        f"{self.stderr_tail()}")
                 line += chunk
-        word, _, rest = line.decode().strip().partition(" ")
-        if word != "READY":
-            raise RuntimeError(f"{self.kind}: {line.decode().strip()}")
+        return line.decode().strip()
+
+    def mark(self, timeout: float = 60.0) -> int:
+        """Make the server call its marker (``_servers.install_marker``);
+        return once it has, with the number of marks so far."""
+        self.proc.send_signal(signal.SIGUSR1)
+        word, _, rest = self.read_line(timeout, "marked").partition(" ")
+        if word != "MARKED":
+            raise RuntimeError(f"{self.kind}: {word} {rest}")
         return int(rest)
 
     def url(self, query: str = "") -> str:

@@ -2,11 +2,12 @@
 The echo servers the benchmarks measure, one per process.
 
 Run by :class:`_harness.Server` as ``python bench/_servers.py KIND PORT
-CERT KEY`` (port 0 picks a free port); prints ``READY <port>`` once
+CERT KEY [CPU]`` (port 0 picks a free port); prints ``READY <port>`` once
 listening on 127.0.0.1, or ``FAILED <why>``, and runs until SIGINT.  Each
-process pins itself to the first CPU, raises its open-file limit to the
-hard limit, dies with its parent, and logs to ``KIND.log`` beside
-``CERT``.  Every kind serves ``/ws`` over TLS with the same certificate.
+process pins itself to CPU (the parent's choice, never an inherited
+mask), raises its open-file limit to the hard limit, dies with its
+parent, and logs to ``KIND.log`` beside ``CERT``.  Every kind serves
+``/ws`` over TLS with the same certificate.
 
 ``securews``
     securews as deployed, through :func:`securews.service._service.build_service`
@@ -35,7 +36,15 @@ hard limit, dies with its parent, and logs to ``KIND.log`` beside
     differs from ``securews-on``).
 ``autobahn-defaults``
     The same with Autobahn's own defaults: no defences (no size limits,
-    no Origin check, no heartbeat, no authentication).
+    no Origin check, no heartbeat, no authentication), still behind
+    securews's TLS context: what securews's session layer and options
+    cost, TLS set aside.
+``autobahn-twisted``
+    The same echo protocol and Autobahn defaults, served the way an
+    Autobahn user serves ``wss://``: an ``ssl:`` endpoint string, that is
+    Twisted's ``listenSSL`` with a default ``CertificateOptions`` (which,
+    among other things, releases idle connections' TLS buffers and lets
+    OpenSSL choose among its default suites and groups).
 ``websockets``
     ``websockets.asyncio.server.serve`` (asyncio's default event loop,
     *not* uvloop) with an ``async for message in ws: await ws.send(message)``
@@ -50,6 +59,7 @@ hard limit, dies with its parent, and logs to ``KIND.log`` beside
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,7 +67,7 @@ from typing import Any
 import _harness
 
 KINDS = ("securews", "securews-on", "securews-min", "autobahn",
-         "autobahn-defaults", "websockets")
+         "autobahn-defaults", "autobahn-twisted", "websockets")
 
 #: The peer benchmark's securews: per-session rates raised, nothing else.
 PEER_RATES = {
@@ -127,7 +137,10 @@ def overhead_factory(kind: str, cert: str, key: str, log_file: str,
 
 def autobahn_factory(kind: str, cert: str, key: str, log_file: str,
                      reactor: Any) -> Any:
-    """``autobahn`` or ``autobahn-defaults``, wrapped in securews's TLS."""
+    """
+    ``autobahn`` or ``autobahn-defaults``, wrapped in securews's TLS;
+    ``autobahn-twisted`` unwrapped (its TLS comes from the endpoint).
+    """
     from autobahn.twisted.websocket import (
         WebSocketServerFactory,
         WebSocketServerProtocol,
@@ -142,11 +155,25 @@ def autobahn_factory(kind: str, cert: str, key: str, log_file: str,
 
     factory = WebSocketServerFactory(reactor=reactor)
     factory.protocol = Echo
+    if kind == "autobahn-twisted":
+        return factory
     secure = overhead_factory("securews-on", cert, key, log_file, reactor)
     if kind == "autobahn":
         for name in WebSocketServerProtocol.CONFIG_ATTRS:
             setattr(factory, name, getattr(secure, name))
     return TLSMemoryBIOFactory(server_context(secure.config.tls), False, factory)
+
+
+def twisted_tls_endpoint(reactor: Any, port: int, cert: str, key: str) -> Any:
+    """
+    What an Autobahn user writes: an ``ssl:`` endpoint string, that is
+    ``reactor.listenSSL`` with Twisted's ``CertificateOptions`` at its
+    defaults (built from the key and certificate files).
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    return serverFromString(
+        reactor, f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}")
 
 
 def serve_twisted(kind: str, port: int, cert: str, key: str) -> None:
@@ -158,6 +185,7 @@ def serve_twisted(kind: str, port: int, cert: str, key: str) -> None:
     log_file = str(Path(cert).parent / f"{kind}.log")
 
     def ready(listening: Any) -> None:
+        install_marker()
         print(f"READY {listening.getHost().port}", flush=True)
 
     def failed(failure: Any) -> None:
@@ -188,7 +216,10 @@ def serve_twisted(kind: str, port: int, cert: str, key: str) -> None:
             observer = textFileLogObserver(log)
             wrapped = autobahn_factory(kind, cert, key, log_file, reactor)
         globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-        endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+        if kind == "autobahn-twisted":
+            endpoint = twisted_tls_endpoint(reactor, port, cert, key)
+        else:
+            endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
         endpoint.listen(wrapped).addCallbacks(ready, failed)
     reactor.run()
 
@@ -211,6 +242,7 @@ def serve_websockets(port: int, cert: str, key: str) -> None:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGINT, stop.set_result, None)
         async with serve(echo, "127.0.0.1", port, ssl=ctx) as server:
+            install_marker(asyncio.get_running_loop())
             sock = next(iter(server.sockets))
             print(f"READY {sock.getsockname()[1]}", flush=True)
             await stop
@@ -218,15 +250,50 @@ def serve_websockets(port: int, cert: str, key: str) -> None:
     asyncio.run(main())
 
 
+def install_marker(loop: Any = None) -> None:
+    """
+    On SIGUSR1, call libc's ``seed48`` and print ``MARKED <n>``: the
+    instruction benchmark's way of cutting a server's run into windows
+    (under callgrind, ``--dump-before=seed48*`` writes the instructions
+    counted since the previous mark; nothing else in these processes
+    uses the ``drand48`` family).  With an asyncio ``loop``, the handler
+    runs on it.
+    """
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None)
+    state = (ctypes.c_ushort * 3)(0x330E, 0, 0)
+    marks = [0]
+
+    def mark(*_: object) -> None:
+        libc.seed48(state)
+        marks[0] += 1
+        print(f"MARKED {marks[0]}", flush=True)
+
+    if loop is None:
+        signal.signal(signal.SIGUSR1, mark)
+    else:
+        loop.add_signal_handler(signal.SIGUSR1, mark)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 4 or argv[0] not in KINDS:
-        print(f"usage: _servers.py {{{','.join(KINDS)}}} PORT CERT KEY",
+    if len(argv) not in (4, 5) or argv[0] not in KINDS:
+        print(f"usage: _servers.py {{{','.join(KINDS)}}} PORT CERT KEY [CPU]",
               file=sys.stderr)
         return 2
-    kind, port, cert, key = argv
+    kind, port, cert, key = argv[:4]
+    cpu = argv[4] if len(argv) == 5 else ""
     _harness.die_with_parent()
-    _harness.pin_server()
+    # The CPU comes from the parent: an inherited affinity may be the
+    # client's own (it was, when the client pinned itself first).
+    _harness.pin_server(int(cpu) if cpu else None)
     _harness.raise_nofile()
+    audit = os.environ.get("SECUREWS_BENCH_AUDIT")
+    if audit:
+        import _audit
+
+        _audit.install(audit)
     if kind == "websockets":
         serve_websockets(int(port), cert, key)
     else:

@@ -8,7 +8,9 @@ Run (about 90 seconds at the defaults; loopback only, 127.0.0.1)::
 It makes a throwaway certificate (``trustme`` if installed, else the
 ``--dev`` self-signed one, in a temporary directory), starts every server
 kind in its own process (``bench/_servers.py``, pinned to the first CPU)
-and drives them from this process (pinned to the second CPU).
+and drives them from this process (pinned to the second CPU once the
+servers run; the affinity each process really has is read back and
+printed).
 Each client connection sends one message, waits for the echo and sends
 the next.  Sizes below 1024 bytes are ASCII text, larger ones random
 binary.
@@ -114,6 +116,8 @@ from _harness import (
     make_certificate,
     nvx_status,
     pin_client,
+    placement,
+    plan_cpus,
     raise_nofile,
     servers,
     versions,
@@ -250,6 +254,11 @@ async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
     out(f"client: {load_cls.name}; NVX: {nvx_status()}")
     results: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
     with servers(args.kinds, cert, key) as running:
+        # Pinned only now: the servers get their CPU by number, but the
+        # kernel's answer is what counts.
+        pin_client()
+        out(placement({k: s.pid for k, s in running.items()},
+                      {load_cls.name: os.getpid()})[0])
         if args.keep:
             for kind, server in running.items():
                 print(f"{kind}: pid {server.pid}, port {server.port}",
@@ -268,6 +277,7 @@ async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    plan_cpus()  # before anything is pinned
     # A SIGTERM still runs the ``finally`` blocks that stop the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     loads = len(args.size) * len(args.clients)
@@ -277,8 +287,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{loads * len(args.kinds) * per_kind + 5:.0f}s", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="securews-bench-") as tmp:
         cert, key, ca = make_certificate(Path(tmp))
-        # The servers pin themselves to the other CPU.
-        print(pin_client())
         raise_nofile()
         try:
             asyncio.run(run(args, cert, key, ca, print))

@@ -1,16 +1,15 @@
 """
-securews against its peers: bare Autobahn and the ``websockets`` library.
+securews against its peers: bare Autobahn (two ways) and ``websockets``.
 
-Run (3 to 5 minutes, depending on how fast the servers take handshakes;
-``--quick`` is a smoke check of everything in about 25 seconds; ``--help``
-for the knobs)::
+Run (about 8 minutes, a third of it callgrind; ``--quick`` is a smoke
+check of everything but the instruction counts in about 30 seconds;
+``--help`` for the knobs)::
 
-    python bench/peers.py [--quick] [--profile FILE]
+    python bench/peers.py [--quick] [--phases ...] [--profile FILE]
 
-One run, one machine, three servers (``bench/_servers.py`` describes
-each exactly), each in its own process pinned to the first CPU, all
-serving ``wss://127.0.0.1`` with the same throwaway certificate (a
-trustme CA and an ECDSA P-256 leaf):
+One run, one machine, four servers (``bench/_servers.py`` describes each
+exactly), each in its own process, all serving ``wss://127.0.0.1`` with
+the same throwaway certificate (a trustme CA and an ECDSA P-256 leaf):
 
 ``securews``
     Every defence on, as ``twistd securews`` builds it: JWT (RS256,
@@ -20,21 +19,36 @@ trustme CA and an ECDSA P-256 leaf):
     one log line per handshake; only the per-session message and byte
     rates raised (to 100,000 msg/s and 1 GiB/s) so that this load is
     legal.
-``autobahn``
-    Autobahn's ``WebSocketServerFactory`` on Twisted with its own
-    defaults and a plain echo protocol, behind securews's TLS context:
-    no defences.  The baseline every securews figure is divided by.
+``ab+twTLS`` (``autobahn-twisted``)
+    What an Autobahn user runs: Autobahn's ``WebSocketServerFactory`` on
+    Twisted with its own defaults and a plain echo protocol, served by an
+    ``ssl:`` endpoint (Twisted's default ``CertificateOptions``).  The
+    baseline the targets are judged against.
+``ab+swTLS`` (``autobahn-defaults``)
+    The same Autobahn, behind securews's own TLS context: the difference
+    to ``securews`` is securews's session and handshake layers alone.
 ``websockets``
     ``websockets.asyncio.server.serve`` with its defaults, on asyncio's
     default event loop (not uvloop), TLS from the ``ssl`` module.
 
-The client is this process, pinned to the second CPU: picows (C frame
-parser and masking; asyncio's default loop and ``ssl`` for TLS).  Every
-connection sends ``Origin: https://app.bench.example`` and the JWT (all
-three servers get the same requests; only securews checks them) and
-comes from its own source address in 127.0.0.0/8, as if every connection
-were a different client: securews's per-address limits (20 connections,
-5 new per second) then stay at their defaults.
+Placement: the CPUs are chosen once from this process's affinity at
+start, the first for the servers and the second for the client.  Each
+server pins itself to its CPU by number (never by inheriting a mask),
+this process pins itself after they started, and the affinity every
+process (every thread) actually has is read back with
+``os.sched_getaffinity`` and printed, at the start and again at the end.
+
+The client is this process: picows (C frame parser and masking) on
+uvloop (C event loop; ``--loop asyncio`` for asyncio's default loop) and
+``ssl``.  Its CPU use is measured for every row (``cli%``): below about
+90 % of its CPU, it was not the limit.  It verifies each server's
+certificate once, then no more (verifying costs picows a quarter of its
+CPU per new connection, and the servers nothing).  Every connection sends
+``Origin: https://app.bench.example`` and the JWT (all servers get the
+same requests; only securews checks them) and comes from its own source
+address in 127.0.0.0/8, as if every connection were a different client:
+securews's per-address limits (20 connections, 5 new per second) then
+stay at their defaults.
 
 Measured, in this order:
 
@@ -45,41 +59,45 @@ idle memory
     once, wait for the RSS to settle again, and divide the growth by the
     count.  The connections send nothing; heartbeats (securews and
     websockets ping every 20 s) may fall in the window and are answered.
-throughput
+throughput and server CPU per message
     32-byte text and 16 KiB binary echo with 1 and 50 connections, each
     connection keeping one message in flight; the kinds take turns in
     ``--slice`` slices (after ``--warmup``) until each has run
     ``--seconds``, so other programs' load falls on all of them alike.
-    Messages/s is the median of the slices.
+    Messages/s and the server's CPU microseconds per message are the
+    medians of the slices.
 latency
     ``--rate`` (1,000) 32-byte messages a second over 10 connections on
     a fixed schedule; p50 and p99 of every round trip in the measured
     slices, in milliseconds.
-new connections/s
+new connections/s and server CPU per connection
     ``--connectors`` (8) concurrent loops of TCP connect, full TLS
     handshake (no resumption), WebSocket upgrade, close handshake and
-    TCP close; completed connections per second, in slices as above.
+    TCP close; completed connections per second and the server's CPU
+    milliseconds per connection, in slices as above.
+instructions
+    Every kind again, under valgrind's callgrind (``bench/_instructions.py``):
+    instructions the server process executes per 32-byte and per 16 KiB
+    echo and per connection (handshake to close), the same whatever else
+    the machine does.  Needs valgrind; not part of ``--quick`` unless
+    named in ``--phases``.
 
 Then one table: a row per figure, a column per server, and
 
-``sw/ab``
-    securews's figure divided by autobahn's (for latency and memory,
-    lower is better);
+``sw/ab+t``, ``sw/ab+s``
+    securews's figure divided by each Autobahn baseline's (for memory,
+    latency, CPU and instructions, lower is better);
 ``target``
-    throughput >= 0.90 x autobahn, memory per idle connection <= 1.15 x;
-``cpu/ab``
-    autobahn's server CPU time per message (or connection) divided by
-    securews's: 0.80 means securews spends 25 % more.  Steadier than
-    ``sw/ab`` on a busy machine, and what ``sw/ab`` tends to once the
-    servers are saturated;
+    throughput >= 0.90 x ab+twTLS, memory per idle connection <= 1.15 x;
 ``cli%``
-    the client's CPU use, % of one CPU (the highest of the three kinds'
-    runs): below 100 the load generator was not the limit;
-``srv%``, ``wait%``
-    each server's CPU use, and the time it was runnable but waiting for
-    a CPU (other programs, or a virtual machine's scheduling);
+    the client's CPU use, % of its CPU (the highest of the kinds' runs);
+``srv% (columns)``
+    each server's CPU use, in the order of the columns;
+``wait%``
+    the most any server was runnable but waiting for a CPU (other
+    programs, or a virtual machine's scheduling);
 ``other%``
-    every other program's CPU use (the highest of the three).
+    every other program's CPU use (the highest of the kinds' runs).
 
 Nothing is asserted; the exit status is 0 when everything ran.  Any
 refused handshake, unexpected close or lost echo stops the run.
@@ -111,22 +129,20 @@ from pathlib import Path
 from typing import Any
 
 import _harness
+import _instructions
 from _harness import Addresses, Server, label
 from _loads import SETTLE, Load, PicowsLoad, Tally, alternate
 from _peerloads import ChurnLoad, IdleConnections, RateLoad, connect_and_close
+from _table import SECUREWS, report
 
-KINDS = ("securews", "autobahn-defaults", "websockets")
+KINDS = ("securews", "autobahn-twisted", "autobahn-defaults", "websockets")
 #: Column headings.
-NAMES = {"securews": "securews", "autobahn-defaults": "autobahn",
-         "websockets": "websockets"}
-SECUREWS, BASELINE = "securews", "autobahn-defaults"
-THROUGHPUT_GOAL = 0.90
-MEMORY_GOAL = 1.15
-BUSY = 10.0
+NAMES = {"securews": "securews", "autobahn-twisted": "ab+twTLS",
+         "autobahn-defaults": "ab+swTLS", "websockets": "websockets"}
 WARMUP_CONNECTIONS = 20
 OPEN_CONCURRENCY = 50
 LATENCY_CONNECTIONS = 10
-PHASES = ("memory", "throughput", "latency", "connect")
+PHASES = ("memory", "throughput", "latency", "connect", "instructions")
 
 Out = Callable[[str], None]
 
@@ -232,6 +248,32 @@ async def connect_phase(c: Context) -> dict[str, Tally]:
     return await c.alternate(loads, c.args.connect_seconds, "new connections")
 
 
+async def instructions_phase(c: Context, cert: str, key: str,
+                             out: Out) -> dict[str, dict[str, float]]:
+    """Every kind under callgrind at once (not pinned), counted in turn."""
+    a = c.args
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="securews-callgrind-") as tmp:
+        directory = Path(tmp)
+        started = {kind: _instructions.start(kind, cert, key, directory)
+                   for kind in c.running}
+        try:
+            for server in started.values():
+                await asyncio.to_thread(server.wait_ready)
+            for kind, server in started.items():
+                results[kind] = await _instructions.count(
+                    kind, server, directory, server.url(c.query), c.ctx, c.headers,
+                    c.addresses, a.count_messages, a.count_connections,
+                    [32, 16384], _harness.BINARY_FROM)
+        finally:
+            for server in started.values():
+                await asyncio.to_thread(server.stop)
+    m, n = a.count_connections, a.count_messages
+    out(f"  instructions: callgrind, server process only, slope between "
+        f"{m[0]} and {m[1]} connections, {n[0]} and {n[1]} messages")
+    return results
+
+
 async def profile_phase(c: Context, kind: str, path: Path, out: Out) -> None:
     """Sample ``kind`` with py-spy under ``--profile-load``; summarise."""
     import _profile
@@ -264,114 +306,33 @@ async def profile_phase(c: Context, kind: str, path: Path, out: Out) -> None:
     _profile.summarise(path.read_text(), out)
 
 
-# -- the table --------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
-class Row:
-    """One line of the table: a figure per kind, and where it came from."""
-
-    def __init__(self, name: str, values: dict[str, float], digits: int,
-                 target: str = "", tallies: dict[str, Tally] | None = None) -> None:
-        self.name, self.values, self.digits = name, values, digits
-        self.target, self.tallies = target, tallies
-        self.ratio = values[SECUREWS] / values[BASELINE]
-
-    def met(self) -> bool:
-        goal = float(self.target[2:])
-        return self.ratio >= goal if self.target.startswith(">") else self.ratio <= goal
-
-
-def rows(c: Context, results: dict[str, Any]) -> list[Row]:
-    found = []
-    for (size, clients), tallies in results.get("throughput", {}).items():
-        name = (f"msg/s {size} B text" if size < _harness.BINARY_FROM
-                else f"msg/s {size // 1024} KiB binary")
-        found.append(Row(f"{name}, {clients} conn{'s' * (clients > 1)}",
-                         {k: t.row()["rate"] for k, t in tallies.items()}, 0,
-                         f">={THROUGHPUT_GOAL:.2f}", tallies))
-    if "latency" in results:
-        tallies = results["latency"]
-        for q in (50, 99):
-            found.append(Row(
-                f"RTT p{q} ms at {c.args.rate:.0f} msg/s",
-                {k: 1000 * percentile(t.samples, q) for k, t in tallies.items()},
-                2, "", tallies))
-    if "connect" in results:
-        tallies = results["connect"]
-        found.append(Row(f"new wss conn/s, {c.args.connectors} connectors",
-                         {k: t.row()["rate"] for k, t in tallies.items()}, 0,
-                         "", tallies))
-    if "memory" in results:
-        found.append(Row(
-            f"KiB per idle wss conn, {c.args.idle}",
-            {k: r["per_conn"] / 1024 for k, r in results["memory"].items()},
-            1, f"<={MEMORY_GOAL:.2f}"))
-    return found
-
-
-def report(c: Context, results: dict[str, Any], out: Out) -> None:
-    """The table described in the module docstring, then the verdicts."""
-    kinds = list(c.running)
-    head = (f"{'':<32}" + "".join(f"{NAMES[k]:>11}" for k in kinds)
-            + f"{'sw/ab':>7}{'target':>8}{'cpu/ab':>7}{'cli%':>6}"
-            + f"{'srv% sw/ab/ws':>15}{'wait%':>10}{'other%':>7}")
-    out(head)
-    out("-" * len(head))
-    busiest = 0.0
-    table = rows(c, results)
-    for row in table:
-        line = f"{row.name:<32}" + "".join(
-            f"{row.values[k]:>11.{row.digits}f}" for k in kinds)
-        line += f"{row.ratio:>7.2f}{row.target:>8}"
-        if row.tallies is None:
-            line += f"{'-':>7}{'-':>6}{'-':>15}{'-':>10}{'-':>7}"
-        else:
-            fig = {k: t.row() for k, t in row.tallies.items()}
-            busiest = max(busiest, *(f["other"] for f in fig.values()))
-            srv = "/".join(f"{fig[k]['server']:.0f}" for k in kinds)
-            wait = "/".join(f"{fig[k]['wait']:.0f}" for k in kinds)
-            line += (f"{fig[BASELINE]['us'] / fig[SECUREWS]['us']:>7.2f}"
-                     f"{max(f['client'] for f in fig.values()):>6.0f}"
-                     f"{srv:>15}{wait:>10}"
-                     f"{max(f['other'] for f in fig.values()):>7.0f}")
-        out(line)
-    out("")
-    for target in sorted({row.target for row in table if row.target}, reverse=True):
-        judged = [row for row in table if row.target == target]
-        worst = (min if target.startswith(">") else max)(judged, key=lambda r: r.ratio)
-        what = "throughput" if target.startswith(">") else "memory per idle connection"
-        out(f"target: securews {what} {target} x autobahn: "
-            f"{'MET' if all(r.met() for r in judged) else 'NOT MET'} "
-            f"(worst {worst.ratio:.2f}: {worst.name})")
-    for kind, tally in results.get("latency", {}).items():
-        achieved = tally.row()["rate"]
-        if achieved < 0.95 * c.args.rate:
-            out(f"note: the latency load reached only {achieved:.0f} msg/s "
-                f"against {NAMES[kind]}")
-    if busiest >= BUSY:
-        out(f"note: other programs used up to {busiest:.0f}% of a CPU during "
-            "the run (other%; wait%: a server runnable but not running); the "
-            "kinds took turns, so they share the disturbance, but the figures "
-            "are noisy: rerun on a quiet machine")
-
-
 # -- the run ------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
               token: str, out: Out) -> None:
-    ctx = ssl.create_default_context(cafile=ca)
+    verified = ssl.create_default_context(cafile=ca)
+    # The loads do not verify the certificate: picows's TLS transport
+    # (aiofastnet) decodes a verified peer's certificate through a
+    # temporary file on every handshake, about a quarter of the client's
+    # CPU per new connection.  The servers' work is the same either way;
+    # the first connection to each server below does verify.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
     results: dict[str, Any] = {}
     with _harness.servers(list(KINDS), cert, key) as running:
+        # Only now: the servers were pinned by CPU number, not by
+        # inheriting this process's mask, but say so from the kernel.
+        _harness.pin_client()
+        line, apart = _harness.placement(
+            {NAMES[k]: s.pid for k, s in running.items()}, {"picows": os.getpid()})
+        out(line)
+        out(f"client: picows on {_harness.loop_name()}, one process")
         c = Context(running, ctx, token, args)
         for kind in KINDS:  # refused or broken handshakes stop the run here
             c.tls[kind] = await connect_and_close(
-                c.url(kind), ctx, c.headers, c.addresses)
+                c.url(kind), verified, c.headers, c.addresses)
 
         def step(what: str, started: float) -> None:
             print(f"  {what}: {time.monotonic() - started:.0f}s", file=sys.stderr)
@@ -396,9 +357,20 @@ async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
             started = time.monotonic()
             results["connect"] = await connect_phase(c)
             step("new connections", started)
+        # Read back again at the end: nothing moved a process meanwhile.
+        line, still_apart = _harness.placement(
+            {NAMES[k]: s.pid for k, s in running.items()}, {"picows": os.getpid()})
+        if "instructions" in args.phases:
+            started = time.monotonic()
+            results["instructions"] = await instructions_phase(c, cert, key, out)
+            step("instructions", started)
+        out(line.replace("affinity read back", "affinity read back at the end"))
         out("TLS negotiated: " + "; ".join(f"{NAMES[k]} {v}" for k, v in c.tls.items()))
         out("")
-        report(c, results, out)
+        report(NAMES, args, results, out)
+        if not (apart and still_apart):
+            out("WARNING: servers and client shared a CPU (see the affinity "
+                "lines): the rates above are not comparable to a separated run")
         if args.profile is not None:
             out("")
             await profile_phase(c, args.profile_kind, args.profile, out)
@@ -432,8 +404,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="idle connections for the memory figure (5000)")
     p.add_argument("--open-rate", type=float, default=1000.0,
                    help="most idle connections opened per second (1000)")
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="the client's event loop: uvloop (C; the default when "
+                        "installed) or asyncio's default loop")
     p.add_argument("--phases", type=lambda s: s.split(","), default=list(PHASES),
                    help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--count-connections", type=_ints, default=[4, 12],
+                   help="instructions: connections in the two windows (4,12)")
+    p.add_argument("--count-messages", type=_ints, default=[100, 400],
+                   help="instructions: echoes in the two windows (100,400)")
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="finally profile securews with py-spy; raw stacks to FILE")
     p.add_argument("--profile-seconds", type=float, default=10.0,
@@ -448,12 +427,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seconds = args.latency_seconds = args.connect_seconds = 0.25
         args.warmup, args.slice, args.idle = 0.1, 0.25, 100
         args.profile_seconds = min(args.profile_seconds, 2.0)
+        args.count_connections, args.count_messages = [1, 2], [5, 10]
+        if "--phases" not in " ".join(argv if argv is not None else sys.argv):
+            # callgrind alone takes a minute to start the servers
+            args.phases.remove("instructions")
+            print("--quick: no instruction counts (name them in --phases "
+                  "to have them)", file=sys.stderr)
+    if "instructions" in args.phases and not _instructions.available():
+        p.error("the instructions phase needs valgrind (Debian package "
+                "valgrind); leave it out with --phases")
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         p.error(f"unknown phases: {', '.join(sorted(unknown))}")
     if (min(args.seconds, args.latency_seconds, args.connect_seconds, args.slice,
             args.rate, args.open_rate) <= 0 or args.warmup < 0
-            or min(args.clients + args.size + [args.connectors, args.idle]) < 1):
+            or min(args.clients + args.size + [args.connectors, args.idle]) < 1
+            or any(len(v) != 2 or not 0 < v[0] < v[1]
+                   for v in (args.count_connections, args.count_messages))):
         p.error("durations, rates and counts must be positive")
     return args
 
@@ -477,11 +467,15 @@ def estimate(args: argparse.Namespace) -> float:
         total += phase(args.latency_seconds)
     if "connect" in args.phases:
         total += phase(args.connect_seconds)
+    if "instructions" in args.phases:
+        total += 90 + len(KINDS) * (
+            2 * sum(args.count_connections) + 0.02 * sum(args.count_messages))
     return total + (args.profile_seconds + args.warmup if args.profile else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _harness.plan_cpus()  # before anything is pinned
     # A SIGTERM still runs the ``finally`` blocks that stop the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"about {estimate(args):.0f}s", file=sys.stderr)
@@ -492,11 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         token = _harness.make_jwt(Path(tmp))
         print(_harness.versions())
         print(f"NVX: {_harness.nvx_status()}")
-        print(f"{_harness.pin_client()}; client picows "
-              f"{getattr(picows, '__version__', '?')} on asyncio's default loop; "
+        print(f"client picows {getattr(picows, '__version__', '?')}; "
               f"open-file limit {_harness.raise_nofile()}")
         try:
-            asyncio.run(run(args, cert, key, ca, token, print))
+            with asyncio.Runner(loop_factory=_harness.loop_factory(args.loop)) as r:
+                r.run(run(args, cert, key, ca, token, print))
         except KeyboardInterrupt:  # the servers are stopped by now
             print("interrupted", file=sys.stderr)
             return 130

@@ -819,6 +819,30 @@ def test_valid_settings_build_a_context(certs: CertFiles, rsa_certs: CertFiles) 
         assert isinstance(context, ServerTLSContext)
 
 
+def _mode(context: ServerTLSContext) -> int:
+    """The OpenSSL mode bits of a new connection made from ``context``."""
+    conn = context.serverConnectionForTLS(None)  # type: ignore[arg-type]
+    # pyOpenSSL has no getter, and refuses Context.set_mode once a
+    # connection exists; SSL_set_mode ORs the bits in and returns the
+    # result, so 0 reads the connection's mode (inherited from the context).
+    return int(openssl_lib.SSL_set_mode(conn._ssl, 0))
+
+
+def test_context_releases_idle_connection_buffers(certs: CertFiles) -> None:
+    """
+    Every context securews builds, and rebuilds on reload, has
+    SSL_MODE_RELEASE_BUFFERS (as Twisted's CertificateOptions does): an
+    idle connection gives its TLS record buffers back.  Control: a bare
+    pyOpenSSL context reads back without it.
+    """
+    bare = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
+    assert not openssl_lib.SSL_set_mode(bare._ssl, 0) & SSL.MODE_RELEASE_BUFFERS
+    context = server_context(_settings(certs), now=NOW)
+    assert _mode(context) & SSL.MODE_RELEASE_BUFFERS
+    context.reload(NOW)
+    assert _mode(context) & SSL.MODE_RELEASE_BUFFERS
+
+
 @pytest.mark.parametrize("setting", ["cert", "key", "chain", "client_ca"])
 def test_config_error_for_missing_file(certs: CertFiles, tmp_path: Path,
                                        setting: str) -> None:
