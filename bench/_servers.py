@@ -75,6 +75,8 @@ PEER_RATES = {
     "message_burst": 100_000,
     "bytes_per_second": 2**30,
     "bytes_burst": 2**30,
+    # Every benchmark connection is the same JWT user.
+    "sessions_per_principal": 1_000_000,
 }
 
 #: echo_overhead.py's kinds: every rate at its maximum.
