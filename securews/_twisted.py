@@ -48,7 +48,7 @@ from OpenSSL import SSL
 from OpenSSL import _util as openssl_util
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import (
     BufferingTLSTransport,
@@ -177,10 +177,19 @@ class SecureTLSTransport(BufferingTLSTransport):
 
 
 class SecureTLSFactory(TLSMemoryBIOFactory):
-    """:class:`~twisted.protocols.tls.TLSMemoryBIOFactory` building
-    :class:`SecureTLSTransport`."""
+    """
+    :class:`~twisted.protocols.tls.TLSMemoryBIOFactory` building
+    :class:`SecureTLSTransport`, and none when the wrapped factory drops
+    the connection at accept (Twisted's would wrap ``None``).
+    """
 
     protocol = SecureTLSTransport
+
+    def buildProtocol(self, addr: IAddress | None) -> SecureTLSTransport | None:  # type: ignore[override]
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
 
 
 # -- what a connection has queued --------------------------------------------

@@ -61,6 +61,8 @@ CATEGORIES: dict[str, tuple[LogLevel, str]] = {
                               "dropped: PROXY header too long"),
     "proxy_header_timeout": (LogLevel.warn, "connections from trusted proxies "
                              "dropped: no PROXY header in time"),
+    "unavailable": (LogLevel.error, "requests answered 503: a shared limiter or "
+                    "store did not answer"),
 }
 
 _log = Logger(namespace="securews.connections")

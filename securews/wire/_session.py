@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securews.auth.interfaces import Principal
+from securews.policy import Policy
 from securews.rules.codes import FIXED_REASONS, Close, CloseCode
 from securews.rules.session import CREDENTIAL_EXPIRED, Drop, Ping, Renew, SessionGuard
 from securews.wire.backpressure import WriteGate, buffered_bytes
@@ -105,6 +106,7 @@ class SessionProtocol(WebSocketServerProtocol):
     _close_timer: IDelayedCall | None = None
     _write_limit = 0
     logOctets: bool  # an Autobahn option, copied from the factory
+    policy: Policy  # HandshakeProtocol's
 
     # -- application hooks -------------------------------------------------
 
@@ -151,25 +153,26 @@ class SessionProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
-        factory = self.factory
+        policy = self.policy
+        config = policy.config
         # Before anything can be sent or inflated: Autobahn's own deflate
-        # extension can overshoot the message budget (see compression.py).
-        install_bounded_deflate(self, factory.config.limits.max_message_size)
+        # extension can overshoot the message budget (see wire/deflate.py).
+        install_bounded_deflate(self, config.limits.max_message_size)
         self._opened = True
         # Looked up once: the per-message path reads them on every message.
-        self._now = factory.clock.seconds
-        self._metrics = factory.metrics
-        self._validate = factory.validator.validate
-        self._write_limit = factory.config.limits.max_write_buffer
+        self._now = policy.clock.seconds
+        self._metrics = policy.metrics
+        self._validate = policy.validator.validate
+        self._write_limit = config.limits.max_write_buffer
         principal: Any = getattr(self, "principal", None)
         self._guard = SessionGuard(
-            factory.config.limits, factory.config.ratelimit, self._now(),
+            config.limits, config.ratelimit, self._now(),
             expires_at=getattr(principal, "expires_at", None),
             renewable=getattr(principal, "renew", None) is not None)
         self._gate = WriteGate(self)
         transport: Any = self.transport
         transport.registerProducer(self._gate, True)
-        factory.session_opened(self)
+        policy.open_sessions += 1
         self._schedule()
         self._call_app(self.onSessionOpen)
 
@@ -181,10 +184,10 @@ class SessionProtocol(WebSocketServerProtocol):
         if not self._opened:
             return
         self._opened = False
-        self.factory.session_closed(self)
+        self.policy.open_sessions -= 1
         # The code the session ended with: ours when we started the close.
         by_server = self.closedByMe or (self.droppedByMe and not wasClean)
-        self.factory.metrics.session_closed(
+        self._metrics.session_closed(
             self.localCloseCode if self.closedByMe else code,
             "server" if by_server else "client")
         self.onSessionClose(wasClean, code, reason)
@@ -281,14 +284,14 @@ class SessionProtocol(WebSocketServerProtocol):
             self._act(verdict)
             self._stop_reading()
             return
-        verdict = self._validate(payload, isBinary)
-        if verdict.refusal is not None:
-            self._act(verdict.refusal)
+        checked = self._validate(payload, isBinary)
+        if checked.refusal is not None:
+            self._act(checked.refusal)
             return
         try:
             if self._wants_document:
                 self.onValidatedMessage(  # type: ignore[call-arg]
-                    payload, isBinary, document=verdict.document)
+                    payload, isBinary, document=checked.document)
             else:
                 self.onValidatedMessage(payload, isBinary)
         except Exception as e:
@@ -306,7 +309,7 @@ class SessionProtocol(WebSocketServerProtocol):
         _log.error("application {hook} raised {error}; session closed",
                    event="session_closed", hook=hook,
                    error=type(error).__name__, reason="app_error")
-        self.factory.count_close(_APP_ERROR.category)
+        self.policy.server_closed(_APP_ERROR.category)
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendCloseFrame(code=_APP_ERROR.code,
                                 reasonUtf8=_APP_ERROR.reason.encode("ascii"),
@@ -316,7 +319,7 @@ class SessionProtocol(WebSocketServerProtocol):
                                    reason: str) -> None:
         """Autobahn found a frame or message over the limits (it closes 1009)."""
         if not self.failedByMe:
-            self.factory.count_close("too_big")
+            self.policy.server_closed("too_big")
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     def sendMessage(self, payload: bytes, isBinary: bool = False,
@@ -387,8 +390,9 @@ class SessionProtocol(WebSocketServerProtocol):
         super().sendCloseFrame(code, reasonUtf8, isReply)
         if (self._close_timer is None and not isReply
                 and self.state == WebSocketProtocol.STATE_CLOSING):
-            self._close_timer = self.factory.clock.callLater(
-                self.factory.config.limits.close_timeout, self._close_expired)
+            policy = self.policy
+            self._close_timer = policy.clock.callLater(
+                policy.config.limits.close_timeout, self._close_expired)
 
     def _close_expired(self) -> None:
         self._close_timer = None
@@ -436,7 +440,7 @@ class SessionProtocol(WebSocketServerProtocol):
         self._log_session(verdict.category, verdict.code)
         self.sendCloseFrame(code=verdict.code,
                             reasonUtf8=verdict.reason.encode("ascii"), isReply=False)
-        self.factory.count_close(verdict.category)
+        self.policy.server_closed(verdict.category)
         transport: Any = self.transport
         transport.abortConnection()
 
@@ -446,7 +450,7 @@ class SessionProtocol(WebSocketServerProtocol):
         guard = self._guard
         if guard is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
-        clock = self.factory.clock
+        clock = self.policy.clock
         delay = max(0.0, guard.next_deadline() - clock.seconds())
         self._timer = clock.callLater(delay, self._tick)
 
@@ -454,7 +458,7 @@ class SessionProtocol(WebSocketServerProtocol):
         self._timer = None
         if self._guard is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
-        self._act(self._guard.tick(self.factory.clock.seconds()))
+        self._act(self._guard.tick(self._now()))
         if self._timer is None:
             self._schedule()
 
@@ -467,11 +471,11 @@ class SessionProtocol(WebSocketServerProtocol):
             self._renew()
         elif isinstance(verdict, Drop):
             self._log_session(verdict.category, None)
-            self.factory.count_close(verdict.category)
+            self.policy.server_closed(verdict.category)
             self.dropConnection(abort=True)
         elif self.state == WebSocketProtocol.STATE_OPEN:
             self._log_session(verdict.category, verdict.code)
-            self.factory.count_close(verdict.category)
+            self.policy.server_closed(verdict.category)
             self.sendCloseFrame(code=verdict.code,
                                 reasonUtf8=verdict.reason.encode("ascii"),
                                 isReply=False)

@@ -7,45 +7,37 @@ status page with an open redirect, protocol errors answered by a silent
 TCP drop); every option that matters is set here explicitly, from the
 settings object, whatever Autobahn's defaults are or become.
 
-It also keeps the bounded bookkeeping the protocol needs: the live
-connections (for graceful shutdown) and the number of open sessions (for
-``max_connections``).
+Everything else (limits, stores, authenticators, metrics) is the
+server's :class:`~securews.policy.Policy`, which the factory builds (or
+is given) and each protocol consults; the factory adds the accept-time
+checks, run before any TLS or WebSocket state is built, and graceful
+shutdown.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 
-from securews.auth.build import build_authentication
 from securews.auth.interfaces import IAuthenticator, ITicketStore
-from securews.ops.alerts import AlertLogger
-from securews.ops.failures import FailureLog
 from securews.ops.logs import WireLogger
 from securews.ops.metrics import Metrics
-from securews.rules.buckets import BucketTable
+from securews.policy import Policy, build_policy
+from securews.rules.actions import Arrival
 from securews.rules.config import Config, from_mapping
-from securews.rules.counters import ConnectionCounter
-from securews.rules.validation import build_validator
+from securews.wire._handshake import peer_host
 from securews.wire._session import PINNED_OPTIONS, PinnedOptions
 from securews.wire.deflate import accept_offer, refuse_offers
 from securews.wire.protocol import SecureServerProtocol
 
-if TYPE_CHECKING:
-    from securews.auth.jwks import JWKSKeys
-
 __all__ = ["SecureServerFactory"]
 
 _log = Logger(namespace="securews.shutdown")
-
-#: Most client networks whose connection rate is tracked at once (LRU).
-MAX_TRACKED_CLIENTS = 100_000
 
 
 def _frozen(value: Any) -> Any:
@@ -72,8 +64,11 @@ class SecureServerFactory(WebSocketServerFactory):
         this process's memory.
     :param ticket_issuer: with ``authenticator``: authenticates
         ``POST issue_path``; the ticket endpoint is off without it.
-    :param reactor: the reactor, also the clock for the shutdown grace.
-    :ivar metrics: this server's :class:`~securews.ops.metrics.Metrics`.
+    :param policy: a policy built already (:func:`securews.policy.build_policy`,
+        for one shared by several factories, or with backends of its
+        own); it replaces ``config`` and the three above.
+    :param reactor: the reactor, also the clock of every limit and timer.
+    :ivar policy: the server's :class:`~securews.policy.Policy`.
     """
 
     log = WireLogger("securews.factory")
@@ -85,9 +80,15 @@ class SecureServerFactory(WebSocketServerFactory):
                  authenticator: IAuthenticator | None = None,
                  ticket_store: ITicketStore | None = None,
                  ticket_issuer: IAuthenticator | None = None,
+                 policy: Policy | None = None,
                  reactor: Any = None,
                  **sections: Mapping[str, object]) -> None:
-        if config is None:
+        if policy is not None:
+            if config is not None or sections or authenticator or ticket_store \
+                    or ticket_issuer:
+                raise TypeError("pass either a policy or what to build one from")
+            config = policy.config
+        elif config is None:
             config = from_mapping(sections, source="SecureServerFactory()")
         elif sections:
             raise TypeError("pass either a Config or settings sections, not both")
@@ -100,43 +101,12 @@ class SecureServerFactory(WebSocketServerFactory):
         if not issubclass(protocol, SecureServerProtocol):
             raise TypeError(f"{protocol!r} is not a SecureServerProtocol subclass")
         self.protocol = protocol
-        #: The refreshed JWT keys of ``auth.jwt.jwks_url`` (started and
-        #: stopped with the factory), if any.
-        self.jwks: JWKSKeys | None = None
-        if authenticator is None:
-            auth = build_authentication(config, self.reactor, ticket_store=ticket_store)
-            authenticator = auth.handshake
-            ticket_store, ticket_issuer = auth.ticket_store, auth.ticket_issuer
-            self.jwks = auth.jwks
-        self.ticket_store = ticket_store if ticket_issuer is not None else None
-        self.ticket_issuer = ticket_issuer
-        self.authenticator: IAuthenticator = authenticator
-        self.ticket_path = config.auth.ticket.issue_path
-        self.validator = build_validator(config.messages)
-        rates = config.ratelimit
-        self.connect_rate = BucketTable(rates.connect_rate, rates.connect_burst,
-                                        max_entries=MAX_TRACKED_CLIENTS)
-        self.per_client = ConnectionCounter(rates.connections_per_ip)
-        self.per_principal = ConnectionCounter(rates.sessions_per_principal)
-        self.pending_per_peer = ConnectionCounter(rates.connections_per_ip)
-        self.outcomes: Counter[tuple[str, int]] = Counter()
-        self.auth_failures: Counter[tuple[str, str]] = Counter()
-        self.closes: Counter[str] = Counter()
-        self.origin_allow_list = config.origin.allowed
-        self.allow_missing_origin = config.origin.allow_missing or config.dev
-        self.trusted_networks = config.server.trusted_proxies
-        self.alerts = AlertLogger(config.alerts, config.ratelimit.ipv6_prefix,
-                                  self.clock)
-        self.failures = FailureLog(config.alerts.window,
-                                   config.ratelimit.ipv6_prefix, self.clock)
-        self.open_sessions = 0
-        self.admitted = 0
-        self._connections: set[SecureServerProtocol] = set()
+        if policy is None:
+            policy = build_policy(config, self.reactor, authenticator=authenticator,
+                                  ticket_store=ticket_store,
+                                  ticket_issuer=ticket_issuer)
+        self.policy = policy
         self._drained: list[Deferred[None]] = []
-        self.metrics = Metrics(connections=lambda: len(self._connections),
-                               sessions=lambda: self.open_sessions,
-                               tickets=self._ticket_count)
-        self.metrics.watch_jwks(self.jwks)
         limits = config.limits
         self.setProtocolOptions(
             webStatus=False,
@@ -177,100 +147,54 @@ class SecureServerFactory(WebSocketServerFactory):
                             "its settings, once")
         super().setProtocolOptions(**options)  # type: ignore[no-untyped-call]
 
+    def buildProtocol(self, addr: IAddress) -> SecureServerProtocol | None:  # type: ignore[override]
+        """
+        A protocol for a connection just accepted, or ``None`` to drop it
+        (Twisted then closes the socket): the accept-time checks (plaintext
+        only from trusted proxies, the connect rate, the unfinished-handshake
+        cap) run here, before any TLS or WebSocket state exists.  Behind a
+        PROXY header the client is not known yet: they run once it is read.
+        """
+        proto: SecureServerProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
+        if self.config.server.proxy_protocol:
+            return proto
+        self.policy.accepted()
+        if not proto.arrive(Arrival(peer_host(addr))):
+            return None
+        return proto
+
     def startFactory(self) -> None:
         """Listening: keep the JWKS fresh meanwhile."""
         super().startFactory()  # type: ignore[no-untyped-call]
-        if self.jwks is not None:
-            self.jwks.start()
+        if self.policy.jwks is not None:
+            self.policy.jwks.start()
 
     def stopFactory(self) -> None:
         """No longer listening: no more JWKS refreshes (no timer left behind)."""
-        if self.jwks is not None:
-            self.jwks.stop()
+        if self.policy.jwks is not None:
+            self.policy.jwks.stop()
         super().stopFactory()  # type: ignore[no-untyped-call]
 
     @property
     def clock(self) -> IReactorTime:
         return self.reactor  # type: ignore[no-any-return]
 
-    # -- bookkeeping called by the protocol --------------------------------
-
-    def connection_made(self, proto: SecureServerProtocol) -> None:
-        self._connections.add(proto)
-
-    def connection_lost(self, proto: SecureServerProtocol) -> None:
-        self._connections.discard(proto)
-        if not self._connections:
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
-
-    def admit(self, proto: SecureServerProtocol) -> bool:
-        """
-        Reserve one of ``max_connections`` places for a handshake that
-        passed the cheap checks; it is held until the connection ends, so
-        handshakes waiting on authentication count too.
-
-        :returns: false when the server is full.
-        """
-        if self.admitted >= self.config.server.max_connections:
-            return False
-        self.admitted += 1
-        return True
-
-    def release(self, proto: SecureServerProtocol) -> None:
-        self.admitted -= 1
-
-    def session_opened(self, proto: SecureServerProtocol) -> None:
-        self.open_sessions += 1
-
-    def session_closed(self, proto: SecureServerProtocol) -> None:
-        self.open_sessions -= 1
-
-    def count_outcome(self, outcome: str, status: int, reason: str | None = None,
-                      seconds: float | None = None) -> None:
-        """
-        Count an HTTP-level answer (for metrics; fixed label values).
-
-        :param seconds: how long after the TCP accept it was given.
-        """
-        self.outcomes[outcome, status] += 1
-        self.metrics.handshake(outcome, status, reason, seconds)
-
-    def connection_accepted(self) -> None:
-        """A TCP connection was accepted (counted once, at the outermost layer)."""
-        self.metrics.connection_accepted()
-
-    def connection_dropped(self, reason: str, client: str,
-                           seconds: float | None = None) -> None:
-        """
-        A connection from ``client`` was dropped before its request head,
-        ``seconds`` after it was accepted: counted, and logged in aggregate
-        (:mod:`securews.ops.failures`), never one line per connection.
-        """
-        self.metrics.connection_dropped(reason)
-        if reason != "tls_failure":
-            outcome = "timeout" if reason.endswith("timeout") else "dropped"
-            self.count_outcome(outcome, 0, reason, seconds)
-        self.failures.record(reason, client)
-
-    def count_auth_failure(self, method: str, reason: str) -> None:
-        self.auth_failures[method, reason] += 1
-        self.metrics.auth_failure(method, reason)
-
-    def count_close(self, category: str) -> None:
-        """Count a session the server closed, by fixed category."""
-        self.closes[category] += 1
-        self.metrics.server_close(category)
-
-    def _ticket_count(self) -> int | None:
-        book = getattr(self.ticket_store, "book", None)
-        return None if book is None else len(book)
+    @property
+    def metrics(self) -> Metrics:
+        """The server's metrics (``policy.metrics``)."""
+        return self.policy.metrics
 
     @property
     def connection_count(self) -> int:
         """Live TCP connections, handshaking or open."""
-        return len(self._connections)
+        return len(self.policy.connections)
+
+    def connection_lost(self, proto: SecureServerProtocol) -> None:
+        """A connection ended; the last one completes a shutdown."""
+        if not self.policy.connections:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
 
     # -- shutdown ----------------------------------------------------------
 
@@ -286,14 +210,15 @@ class SecureServerFactory(WebSocketServerFactory):
         """
         if grace is None:
             grace = self.config.server.shutdown_grace
-        self.failures.stop()
-        if not self._connections:
+        self.policy.failures.stop()
+        connections = self.policy.connections
+        if not connections:
             return succeed(None)
         _log.info("closing {count} connections (grace {grace}s)",
-                      event="shutdown", count=len(self._connections), grace=grace)
+                  event="shutdown", count=len(connections), grace=grace)
         d: Deferred[None] = Deferred()
         self._drained.append(d)
-        for proto in list(self._connections):
+        for proto in list(connections):
             proto.go_away()
         timer = self.clock.callLater(grace, self._abort_all)
 
@@ -306,8 +231,9 @@ class SecureServerFactory(WebSocketServerFactory):
         return d
 
     def _abort_all(self) -> None:
-        if self._connections:
+        connections = self.policy.connections
+        if connections:
             _log.warn("aborting {count} connections after the grace period",
-                          event="shutdown", count=len(self._connections))
-        for proto in list(self._connections):
+                      event="shutdown", count=len(connections))
+        for proto in list(connections):
             proto.abort()

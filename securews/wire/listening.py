@@ -84,5 +84,5 @@ def listening_factory(factory: SecureServerFactory,
     return ProxyProtocolFactory(
         wrapped, trusted=config.server.trusted_proxies, clock=factory.clock,
         timeout=config.limits.handshake_timeout,
-        on_drop=factory.connection_dropped, on_accept=factory.connection_accepted,
+        on_drop=factory.policy.dropped, on_accept=factory.policy.accepted,
     )

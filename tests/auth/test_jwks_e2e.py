@@ -383,7 +383,7 @@ async def test_factory_serves_rotated_keys_and_reports_them(
             "jwks_ca": str(provider_files.ca_cert), "jwks_cooldown": 1.0}},
         ratelimit={"connect_burst": 1000})
     factory = await deferToThread(SecureServerFactory, config)
-    jwks = factory.jwks
+    jwks = factory.policy.jwks
     assert jwks is not None
     server = await _listen(factory)
     try:
@@ -396,7 +396,9 @@ async def test_factory_serves_rotated_keys_and_reports_them(
         await until(lambda: "b" in jwks.current.keys.by_kid,
                     "the refetch the unknown kid asked for")
         assert await deferToThread(handshake, port, context, rotated) == "hi"
-        assert factory.auth_failures[("jwt", "unknown_key")] == 1
+        assert factory.metrics.registry.get_sample_value(
+            "securews_auth_failures_total", {"method": "jwt",
+                                             "reason": "unknown_key"}) == 1
         text = factory.metrics.exposition().decode()
         assert "securews_jwks_keys 2.0" in text
         assert "securews_jwks_refresh_failures_total 0.0" in text

@@ -43,8 +43,11 @@ def test_client_caused_tls_failures_are_info_refusals_are_warnings() -> None:
     """A TLS failure is the client's doing: never above INFO."""
     assert CATEGORIES["tls_failure"][0] == LogLevel.info
     assert CATEGORIES["handshake_timeout"][0] == LogLevel.info
+    # A shared limiter or store that does not answer is the server's trouble.
+    assert CATEGORIES["unavailable"][0] == LogLevel.error
     assert {level for name, (level, _) in CATEGORIES.items()
-            if name not in ("tls_failure", "handshake_timeout")} == {LogLevel.warn}
+            if name not in ("tls_failure", "handshake_timeout", "unavailable")
+            } == {LogLevel.warn}
 
 
 def test_each_category_gets_its_own_line() -> None:

@@ -42,6 +42,7 @@ from securews.auth.tickets import InMemoryTicketStore, TicketBook
 from securews.ops.metrics import (
     AUTH_REASONS,
     CLOSE_CATEGORIES,
+    DROP_REASONS,
     HANDSHAKE_REASONS,
     OUTCOMES,
     STATUSES,
@@ -707,13 +708,17 @@ def test_every_label_securews_emits_is_in_its_fixed_set() -> None:
                   under="auth")
     assert auth
     assert auth <= AUTH_REASONS
-    answered = _found(r'"(\w+)", (\d{3}), None\)')
-    assert answered
+    answered = _found(r'"(\w+)",\s*(\d{3})(?:, None)?\)')
+    assert {"preflight", "ticket_issued"} <= {outcome for outcome, _ in answered}
     assert {outcome for outcome, _ in answered} <= OUTCOMES
     assert {code for _, code in answered} <= STATUSES
-    counted = _found(r'count_outcome\(\s*"(\w+)", \d+(?:, "(\w+)")?')
+    counted = _found(r'\banswered\(\s*"(\w+)", \d+(?:, "(\w+)")?')
+    assert {"accepted", "timeout"} <= {outcome for outcome, _ in counted}
     assert {outcome for outcome, _ in counted} <= OUTCOMES
     assert {reason for _, reason in counted if reason} <= HANDSHAKE_REASONS
+    dropped = _found(r'DropUnread\("(\w+)"\)') | _found(r'dropped\("(\w+)"')
+    assert {"connect_rate", "tls_failure"} <= dropped
+    assert dropped <= DROP_REASONS
     categories = (_found(r'Close\([\w.]+,\s*"[^"]*",\s*"(\w+)"\)')
                   | _found(r'Drop\("(\w+)"\)')
                   | _found(r'count_close\("(\w+)"\)'))

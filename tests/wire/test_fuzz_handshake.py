@@ -32,12 +32,10 @@ from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 
 from securews.auth.interfaces import Principal
-from securews.rules.peer import network_key
 from tests.support.memory import (
     ALICE,
     FUZZ,
     ORIGIN,
-    PEER,
     FixedAuthenticator,
     HTTPResponse,
     assert_clean_log,
@@ -46,6 +44,7 @@ from tests.support.memory import (
     connect,
     frame_bytes,
     make_factory,
+    metric,
     read_response,
     read_server_frames,
     segment,
@@ -332,7 +331,7 @@ def run(chunks: list[bytes], *, max_header_bytes: int = 8192, max_headers: int =
             assert after == b""
         proto.connectionLost(Failure(ConnectionDone()))
         assert_released(factory, clock)
-        assert factory.pending_per_peer.count(network_key(PEER, 64)) == 0
+        assert len(factory.policy.pending) == 0
     return Run(proto, transport, factory, response, after, list(events))
 
 
@@ -480,7 +479,8 @@ def test_a_session_closed_by_pipelined_frames_was_still_accepted() -> None:
     assert check(VALID, outcome) == 101
     frames, _ = read_server_frames(outcome.after)
     assert [(f.opcode, f.payload[:2]) for f in frames] == [(8, b"\x03\xea")]
-    assert outcome.factory.outcomes[("accepted", 101)] == 1
+    assert metric(outcome.factory, "securews_handshakes_total", outcome="accepted",
+                  status="101", reason="none") == 1
 
 
 @FUZZ

@@ -121,7 +121,7 @@ async def test_peer_that_never_closes_tls_is_dropped(
     assert response.startswith(b"HTTP/1.1 403 ")
     assert elapsed < 5
     assert factory.connection_count == 0
-    assert factory.admitted == 0
+    assert len(factory.policy.capacity) == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -151,4 +151,8 @@ async def test_second_connection_from_one_client_gets_429(
             seen.append(type(e).__name__)
         return seen
 
-    assert await deferToThread(run) == [429, "1", 101, "ConnectionResetError"]
+    seen = await deferToThread(run)
+    assert seen[:3] == [429, "1", 101]
+    # The socket was closed unread: a reset if the ClientHello was in
+    # already, else an end of file before any TLS.
+    assert seen[3:] in (["ConnectionResetError"], ["SSLEOFError"])

@@ -164,7 +164,7 @@ def test_missing_origin_is_allowed_when_configured(clock: Clock) -> None:
 def test_without_an_authenticator_everyone_is_refused(clock: Clock) -> None:
     """Production with no authentication configured fails closed: 401."""
     factory = make_factory(clock)
-    assert isinstance(factory.authenticator, DenyAllAuthenticator)
+    assert isinstance(factory.policy.authenticator, DenyAllAuthenticator)
     _, transport = handshake(factory)
     assert status(transport) == 401
 
@@ -190,7 +190,7 @@ def test_authenticated_session_reaches_the_application(clock: Clock) -> None:
     assert auth.requests[0].client == "203.0.113.7"
     assert auth.requests[0].origin == ORIGIN
     assert factory.calls == [("open", alice)]
-    assert factory.open_sessions == 1
+    assert factory.policy.open_sessions == 1
     transport.clear()
     proto.dataReceived(client_frame(b"hello"))
     assert factory.calls[-1] == ("message", b"hello", False)
@@ -273,9 +273,9 @@ def test_handshakes_waiting_for_authentication_count_as_connections(
     _, transport = handshake(factory)
     assert status(transport) == 503
     waiting.connectionLost(Failure(ConnectionLost()))
-    assert factory.admitted == 0
+    assert len(factory.policy.capacity) == 0
     pending.callback(Principal("late", "fixed"))
-    assert factory.open_sessions == 0
+    assert factory.policy.open_sessions == 0
 
 
 def test_plaintext_serves_only_trusted_proxies(clock: Clock) -> None:
@@ -347,7 +347,7 @@ def test_refused_connection_is_aborted_if_the_peer_lingers(clock: Clock) -> None
     factory = make_factory(clock, limits={"close_timeout": 2})
     proto, transport = handshake(factory)
     assert status(transport) == 401
-    assert factory.admitted == 0
+    assert len(factory.policy.capacity) == 0
     proto.dataReceived(b"x" * 100_000)
     assert len(proto.data) < 1000
     clock.advance(1.9)
@@ -366,7 +366,7 @@ def test_closed_session_is_aborted_if_tcp_lingers(clock: Clock) -> None:
     clock.advance(2.1)
     assert transport.disconnected
     proto.connectionLost(Failure(ConnectionDone()))
-    assert factory.open_sessions == 0
+    assert factory.policy.open_sessions == 0
     assert clock.getDelayedCalls() == [] or all(
         not c.active() for c in clock.getDelayedCalls())
 
@@ -377,7 +377,7 @@ class LaxMixin:
 
 
 @pytest.mark.parametrize("namespace", [
-    {"_admit": lambda self, head: None},
+    {"carry_out": lambda self, action: None},
     {"dropConnection": lambda self, abort=False: None},
     {"maxMessagePayloadSize": 0},
     {"openHandshakeTimeout": 0},

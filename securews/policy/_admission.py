@@ -1,0 +1,193 @@
+"""
+Running :func:`securews.rules.admission.admission` for one connection.
+
+:class:`Admission` steps the generator: it carries out the actions that
+consult the policy (tokens, places, revocations, tickets) and hands the
+others (reading, answering, upgrading, authenticating) to the connection.
+An action answered by an already-fired Deferred (everything in memory)
+goes on in the same call; one answered later resumes the run when it
+fires.  Places are kept as leases and all given back by :meth:`close`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from securews.policy._policy import Policy
+from securews.rules.actions import (
+    FINAL,
+    Action,
+    Arrival,
+    CheckRevoked,
+    Counter,
+    Hold,
+    IssueTicket,
+    Refuse,
+    Release,
+    TakeToken,
+    Unavailable,
+)
+from securews.rules.admission import admission
+from securews.rules.counters import Lease
+from securews.rules.head import Refusal
+
+__all__ = ["WAIT", "Admission", "Connection"]
+
+_log = Logger(namespace="securews.handshake")
+
+#: What :meth:`Connection.carry_out` returns when it will call
+#: :meth:`Admission.resume` itself later (or never: a final action).
+WAIT: Final = object()
+_LATER: Final = object()
+
+
+class Connection(Protocol):
+    """The side of a connection that admission's I/O actions need."""
+
+    def carry_out(self, action: Action) -> object:
+        """
+        Do ``action`` (:class:`~securews.rules.admission.Settled`,
+        ``ReadHead``, ``ReadBody``, ``Upgrade``, ``Authenticate`` or one of
+        the final ones).
+
+        :returns: its result, a Deferred of it, or :data:`WAIT`.
+        """
+
+
+class Admission:
+    """
+    One connection's admission, from accept to its final action.
+
+    :param connection: who carries out the I/O actions; may be set later
+        (:attr:`connection`), before :meth:`start`.
+    """
+
+    def __init__(self, policy: Policy, arrival: Arrival,
+                 connection: Connection | None = None) -> None:
+        self._policy = policy
+        self._steps = admission(policy.rules, arrival)
+        self.connection = connection
+        self._leases: dict[Counter, Lease] = {}
+        #: The action the run waits on, or ``None`` while it runs or once over.
+        self.waiting: Action | None = None
+        #: The final action carried out, once there is one.
+        self.final: Action | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Run up to the first action that waits."""
+        self._advance(None, None)
+
+    def resume(self, value: object) -> None:
+        """The connection's answer to the action it returned :data:`WAIT` for."""
+        if self.waiting is not None and not self._closed:
+            self.waiting = None
+            self._advance(value, None)
+
+    def close(self) -> None:
+        """The connection ended: every place is given back, and the run stops
+        (an answer that arrives later is dropped, a place it brings given back)."""
+        self._closed = True
+        self.waiting = None
+        for lease in self._leases.values():
+            lease.release()
+        self._leases.clear()
+        self._steps.close()
+
+    def _advance(self, value: object, error: BaseException | None) -> None:
+        while not self._closed and self.final is None:
+            try:
+                if error is not None:
+                    action = self._steps.throw(error)
+                else:
+                    action = self._steps.send(value)
+            except StopIteration:
+                return
+            except Exception as e:
+                _log.error("handshake check failed with {error}; refused",
+                           event="handshake", error=type(e).__name__)
+                action = Refuse(Refusal(500, "internal_error"))
+            value, error = None, None
+            if isinstance(action, FINAL):
+                self.final = action
+                self._connect().carry_out(action)
+                return
+            result = self._carry_out(action)
+            if result is WAIT:
+                self.waiting = action
+                return
+            if isinstance(result, Deferred):
+                result = self._now_or_later(action, result)
+                if result is _LATER:
+                    self.waiting = action
+                    return
+            if isinstance(result, Failure):
+                error = Unavailable()
+            else:
+                value = self._kept(action, result)
+
+    def _connect(self) -> Connection:
+        assert self.connection is not None, "Admission.start() before a connection"
+        return self.connection
+
+    def _carry_out(self, action: Action) -> object:
+        policy = self._policy
+        if isinstance(action, TakeToken):
+            return policy.take(action.limiter, action.key)
+        if isinstance(action, Hold):
+            return policy.hold(action.counter, action.key)
+        if isinstance(action, Release):
+            lease = self._leases.pop(action.counter, None)
+            if lease is not None:
+                lease.release()
+            return None
+        if isinstance(action, CheckRevoked):
+            return policy.revoked(action.principal)
+        if isinstance(action, IssueTicket):
+            return policy.issue_ticket(action.principal, action.origin, action.client)
+        return self._connect().carry_out(action)
+
+    def _kept(self, action: Action, result: object) -> object:
+        """A place becomes a lease held until :meth:`close`; admission is
+        told only whether it got one."""
+        if isinstance(action, Hold):
+            if result is None:
+                return False
+            assert isinstance(result, Lease)
+            self._leases[action.counter] = result
+            return True
+        return result
+
+    def _now_or_later(self, action: Action, d: Deferred[Any]) -> object:
+        """
+        ``d``'s result (a Failure for an error) if it has fired, else
+        :data:`_LATER`: the run then resumes when it fires.
+        """
+        box: list[object] = []
+        resume: Callable[[object], None] = box.append
+
+        def arrived(outcome: object) -> None:
+            resume(outcome)
+
+        d.addBoth(arrived)
+        if box:
+            return box[0]
+
+        def later(outcome: object) -> None:
+            if self._closed or self.waiting is not action:
+                if isinstance(outcome, Lease):
+                    outcome.release()
+                return
+            self.waiting = None
+            if isinstance(outcome, Failure):
+                self._advance(None, Unavailable())
+            else:
+                self._advance(self._kept(action, outcome), None)
+
+        resume = later
+        return _LATER
