@@ -86,7 +86,9 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
+from securews.rules.admission import printable_origin
 from securews.rules.config import ConfigError, LogSettings
+from securews.rules.head import RequestHead
 
 __all__ = [
     "FIELDS",
@@ -95,6 +97,7 @@ __all__ = [
     "WireLogger",
     "at_least_info",
     "event_as_record",
+    "log_handshake",
     "make_observer",
 ]
 
@@ -345,3 +348,28 @@ def make_observer(settings: LogSettings, out: IO[str] | None = None) -> ILogObse
     else:
         inner = textFileLogObserver(stream)
     return FilteringLogObserver(inner, [at_least_info])
+
+
+_handshakes = Logger(namespace="securews.handshake")
+
+
+def log_handshake(outcome: str, status: int, reason: str | None, *, client: str,
+                  head: RequestHead | None, served: tuple[str, ...],
+                  method: str | None) -> None:
+    """
+    The one event of a request (``event = "handshake"``).  Client text is
+    logged only in normalised form: the path only when it is one securews
+    serves (``served``; ``"other"`` otherwise: a path can carry a token as
+    well as a query can), the Origin only when it parses (``"invalid"``
+    otherwise); never a header, never the query.
+    """
+    path = origin = None
+    if head is not None:
+        path = head.path if head.path in served else "other"
+        origin = printable_origin(head.values("origin"))
+    _handshakes.info(
+        "handshake {outcome} {status} from {client} path={path} "
+        "origin={origin} method={method} reason={reason}",
+        event="handshake", outcome=outcome, status=status, client=client,
+        path=path, origin=origin, reason=reason, method=method,
+    )

@@ -21,11 +21,10 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securews.auth.interfaces import HandshakeRequest, Principal
-from securews.ops.logs import WireLogger
+from securews.ops.logs import WireLogger, log_handshake
 from securews.policy import WAIT, Admission, Policy
 from securews.rules.actions import (
     Accept,
@@ -41,7 +40,6 @@ from securews.rules.actions import (
     Settled,
     Upgrade,
 )
-from securews.rules.admission import printable_origin
 from securews.rules.codes import CloseCode
 from securews.rules.head import Refusal, RequestHead
 from securews.rules.responses import render_refusal
@@ -51,7 +49,6 @@ from securews.wire.tls import peer_subject
 
 __all__ = ["HandshakeProtocol", "peer_host"]
 
-_log = Logger(namespace="securews.handshake")
 #: Bytes of one frame header at most: what a client may pipeline behind its
 #: request head, beyond one frame's payload, while it is authenticated.
 _FRAME_HEADER = 14
@@ -398,27 +395,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
             return None
         now: float = self.policy.clock.seconds()
         return now - self._accepted_at
-
     def _log_handshake(self, outcome: str, reason: str | None, status: int) -> None:
-        """
-        One event per request.  Client text is logged only in normalised
-        form: the path only when it is one securews serves (``"other"``
-        otherwise: a path can carry a token as well as a query can), the
-        Origin only when it parses (``"invalid"`` otherwise).
-        """
-        head = self._head
-        path = origin = None
-        if head is not None:
-            config = self.policy.config
-            known = (config.server.path, config.auth.ticket.issue_path)
-            path = head.path if head.path in known else "other"
-            origin = printable_origin(head.values("origin"))
-        method = self._denied_method or (
-            self.principal.method if self.principal else None)
-        _log.info(
-            "handshake {outcome} {status} from {client} path={path} "
-            "origin={origin} method={method} reason={reason}",
-            event="handshake", outcome=outcome, status=status,
-            client=self.client, path=path, origin=origin, reason=reason,
-            method=method,
-        )
+        config = self.policy.config
+        log_handshake(
+            outcome, status, reason, client=self.client, head=self._head,
+            served=(config.server.path, config.auth.ticket.issue_path),
+            method=self._denied_method or (
+                self.principal.method if self.principal else None))

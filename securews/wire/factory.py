@@ -31,8 +31,8 @@ from securews.policy import Policy, build_policy
 from securews.rules.actions import Arrival
 from securews.rules.config import Config, from_mapping
 from securews.wire._handshake import peer_host
-from securews.wire._session import PINNED_OPTIONS, PinnedOptions
-from securews.wire.deflate import accept_offer, refuse_offers
+from securews.wire._options import PINNED_OPTIONS, PinnedOptions
+from securews.wire.deflate_offer import accept_offer, refuse_offers
 from securews.wire.protocol import SecureServerProtocol
 
 __all__ = ["SecureServerFactory"]
@@ -137,7 +137,7 @@ class SecureServerFactory(WebSocketServerFactory):
     def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
         """
         Autobahn's, except that the options securews derives from its
-        settings (:data:`~securews.wire._session.PINNED_OPTIONS`, the
+        settings (:data:`~securews.wire._options.PINNED_OPTIONS`, the
         limits among them) are set once, here, and never again: a later
         call that names one raises :exc:`TypeError`.
         """

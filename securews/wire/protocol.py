@@ -4,8 +4,10 @@ The hardened server protocol that applications subclass.
 Autobahn stays the wire engine (framing, masking, UTF-8, the close
 handshake).  securews adds two halves on top of it:
 :class:`~securews.wire._handshake.HandshakeProtocol` (everything before
-the upgrade) and :class:`~securews.wire._session.SessionProtocol`
-(everything after).  Both only carry out decisions made by pure modules.
+the upgrade) and :class:`~securews.wire._traffic.TrafficProtocol`
+(everything after: its reading and writing paths, on top of
+:class:`~securews.wire._session.SessionProtocol`'s hooks, lifecycle and
+timer).  Both only carry out decisions made by pure modules.
 
 Applications subclass :class:`SecureServerProtocol` and implement the
 ``onSession*``, ``onValidatedMessage`` and ``onWrite*`` hooks.  Everything
@@ -27,7 +29,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerProtocol
 
 from securews.wire._handshake import HandshakeProtocol
-from securews.wire._session import SessionProtocol
+from securews.wire._traffic import TrafficProtocol
 
 __all__ = ["SecureServerProtocol"]
 
@@ -44,7 +46,7 @@ _DERIVED = frozenset({"_wants_document"})
 _OPTIONS = frozenset(WebSocketServerProtocol.CONFIG_ATTRS)
 
 
-class SecureServerProtocol(SessionProtocol, HandshakeProtocol):  # type: ignore[misc]
+class SecureServerProtocol(TrafficProtocol, HandshakeProtocol):  # type: ignore[misc]
     """
     Base class for securews applications.
 

@@ -18,6 +18,7 @@ from securews.auth.anonymous import AnonymousAuthenticator
 from securews.wire import _autobahn
 from securews.wire._handshake import HandshakeProtocol
 from securews.wire._session import SessionProtocol
+from securews.wire._traffic import TrafficProtocol
 from tests.support.memory import client_frame, connect, handshake, make_factory, request
 from tests.support.paths import REPO
 
@@ -70,7 +71,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     counted = dict.fromkeys(ALL, 0)
     for name in ALL:
         owner: type[Any]
-        if name in vars(SessionProtocol):
+        if name in vars(TrafficProtocol):
+            owner = TrafficProtocol
+        elif name in vars(SessionProtocol):
             owner = SessionProtocol
         elif name in vars(HandshakeProtocol):
             owner = HandshakeProtocol
@@ -129,8 +132,9 @@ def test_every_listed_override_is_really_called(
 PRIVATE = {name for name in (*ALL, *_autobahn.STATE, *_autobahn.DEFLATE_STATE)
            if name.startswith("_") and not name.startswith("__")}
 #: The classes that override Autobahn's (their own ``self.`` is theirs).
-SUBCLASSES = {"securews/wire/_session.py", "securews/wire/_handshake.py",
-              "securews/wire/deflate.py"}
+SUBCLASSES = {"securews/wire/_session.py", "securews/wire/_traffic.py",
+              "securews/wire/_handshake.py", "securews/wire/deflate.py",
+              "securews/wire/deflate_offer.py"}
 
 
 def test_no_other_code_touches_autobahn_internals() -> None:

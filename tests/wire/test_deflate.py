@@ -37,13 +37,11 @@ from websockets.sync.client import connect as ws_connect
 from securews.auth.anonymous import AnonymousAuthenticator
 from securews.testing import make_config
 from securews.wire.deflate import (
-    DEFAULT_WINDOW_BITS,
     BoundedPerMessageDeflate,
-    accept_offer,
     exact_message_size,
     install_bounded_deflate,
-    refuse_offers,
 )
+from securews.wire.deflate_offer import DEFAULT_WINDOW_BITS, accept_offer, refuse_offers
 from securews.wire.factory import SecureServerFactory
 from tests.support.common import CertFiles, websocket_client_tls
 from tests.support.memory import ORIGIN, connect, make_factory, request

@@ -406,7 +406,7 @@ def test_factory_options_that_securews_pins_cannot_be_changed(clock: Clock) -> N
 
 
 def test_pinned_options_are_read_only_on_every_protocol() -> None:
-    from securews.wire._session import PINNED_OPTIONS
+    from securews.wire._options import PINNED_OPTIONS
     for name in PINNED_OPTIONS:
         assert isinstance(getattr(SecureServerProtocol, name), property), name
         assert name in WebSocketServerProtocol.CONFIG_ATTRS, name
