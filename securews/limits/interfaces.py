@@ -14,9 +14,10 @@ import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+from securews.rules.actions import Claimed, Vouched
 from securews.rules.counters import Lease
 
-__all__ = ["IRateLimiter", "IRevocations", "ISessionCounter", "RateVerdict"]
+__all__ = ["IGate", "IRateLimiter", "IRevocations", "ISessionCounter", "RateVerdict"]
 
 
 @attrs.frozen
@@ -85,4 +86,28 @@ class IRevocations(Interface):
         ``jti`` was, or the principal was after the credential was issued
         (``issued_at``; a credential that does not say is revoked with its
         principal).
+        """
+
+
+class IGate(Interface):
+    """
+    The shared checks of one handshake, two calls in all, so that a
+    cluster answers each in one round trip to its engine: before the
+    Origin check, the client network's (cluster-wide) connect rate and one
+    of its places; after authentication, revocation and one of the
+    principal's places.
+    """
+
+    def claim(key: str, rate: bool) -> Deferred[Claimed]:
+        """
+        With ``rate``, take a connect token for client network ``key``
+        (refused: :attr:`Claimed.retry_after`, nothing held); then one of
+        its places (``Claimed.lease``, ``None`` when it holds its limit).
+        """
+
+    def vouch(principal: str, jti: str | None,
+              issued_at: float | None) -> Deferred[Vouched]:
+        """
+        Unless the credential is revoked (see :meth:`IRevocations.revoked`),
+        one of ``principal``'s places.
         """

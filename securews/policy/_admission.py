@@ -23,7 +23,8 @@ from securews.rules.actions import (
     FINAL,
     Action,
     Arrival,
-    CheckRevoked,
+    Claim,
+    Claimed,
     Counter,
     Hold,
     IssueTicket,
@@ -31,6 +32,8 @@ from securews.rules.actions import (
     Release,
     TakeToken,
     Unavailable,
+    Vouch,
+    Vouched,
 )
 from securews.rules.admission import admission
 from securews.rules.counters import Lease
@@ -126,10 +129,7 @@ class Admission:
                 if result is _LATER:
                     self.waiting = action
                     return
-            if isinstance(result, Failure):
-                error = Unavailable()
-            else:
-                value = self._kept(action, result)
+            value, error = self._outcome(action, result)
 
     def _connect(self) -> Connection:
         assert self.connection is not None, "Admission.start() before a connection"
@@ -138,29 +138,50 @@ class Admission:
     def _carry_out(self, action: Action) -> object:
         policy = self._policy
         if isinstance(action, TakeToken):
-            return policy.take(action.limiter, action.key)
+            return policy.take(action.key)
         if isinstance(action, Hold):
             return policy.hold(action.counter, action.key)
+        if isinstance(action, Claim):
+            return policy.claim(action.key, action.rate)
+        if isinstance(action, Vouch):
+            return policy.vouch(action.principal)
         if isinstance(action, Release):
             lease = self._leases.pop(action.counter, None)
             if lease is not None:
                 lease.release()
             return None
-        if isinstance(action, CheckRevoked):
-            return policy.revoked(action.principal)
         if isinstance(action, IssueTicket):
             return policy.issue_ticket(action.principal, action.origin, action.client)
         return self._connect().carry_out(action)
 
+    def _outcome(self, action: Action,
+                 result: object) -> tuple[object, BaseException | None]:
+        """What admission is sent (a value) or thrown (:exc:`Unavailable`:
+        the backend failed, or answered with something it should not)."""
+        if isinstance(result, Failure):
+            return None, Unavailable()
+        try:
+            return self._kept(action, result), None
+        except TypeError:
+            return None, Unavailable()
+
     def _kept(self, action: Action, result: object) -> object:
         """A place becomes a lease held until :meth:`close`; admission is
-        told only whether it got one."""
+        told only whether it got one (for :class:`Hold`), or sees the
+        lease it is now the run's (for :class:`Claim`, :class:`Vouch`)."""
         if isinstance(action, Hold):
             if result is None:
                 return False
             assert isinstance(result, Lease)
             self._leases[action.counter] = result
             return True
+        if isinstance(result, Claimed | Vouched):
+            if result.lease is not None:
+                self._leases["client" if isinstance(result, Claimed)
+                             else "principal"] = result.lease
+        elif isinstance(action, Claim | Vouch):
+            raise TypeError(f"{type(action).__name__} answered with a "
+                            f"{type(result).__name__}")
         return result
 
     def _now_or_later(self, action: Action, d: Deferred[Any]) -> object:
@@ -180,14 +201,12 @@ class Admission:
 
         def later(outcome: object) -> None:
             if self._closed or self.waiting is not action:
-                if isinstance(outcome, Lease):
-                    outcome.release()
+                lease = getattr(outcome, "lease", outcome)
+                if isinstance(lease, Lease):
+                    lease.release()
                 return
             self.waiting = None
-            if isinstance(outcome, Failure):
-                self._advance(None, Unavailable())
-            else:
-                self._advance(self._kept(action, outcome), None)
+            self._advance(*self._outcome(action, outcome))
 
         resume = later
         return _LATER

@@ -24,7 +24,9 @@ from securews.auth.interfaces import (
     Principal,
     TicketRejected,
 )
+from securews.limits.gate import ComposedGate
 from securews.limits.interfaces import (
+    IGate,
     IRateLimiter,
     IRevocations,
     ISessionCounter,
@@ -41,11 +43,13 @@ from securews.ops.metrics import Metrics
 from securews.rules.actions import (
     AdmissionRules,
     Authenticated,
+    Claimed,
     Counter,
     Credential,
     Denied,
     TicketRefused,
     Unavailable,
+    Vouched,
 )
 from securews.rules.config import Config
 from securews.rules.counters import Lease
@@ -71,16 +75,20 @@ class Shared:
     :param per_client: concurrent connections per client network.
     :param per_principal: concurrent sessions per principal.
     :param revocations: revoked principals and tokens.
+    :param gate: the handshake's two shared checks, each in one call; by
+        default made of the four above (:class:`ComposedGate`).
     """
 
     def __init__(self, *, connect_rate: IRateLimiter | None = None,
                  per_client: ISessionCounter | None = None,
                  per_principal: ISessionCounter | None = None,
-                 revocations: IRevocations | None = None) -> None:
+                 revocations: IRevocations | None = None,
+                 gate: IGate | None = None) -> None:
         self.connect_rate = connect_rate
         self.per_client = per_client
         self.per_principal = per_principal
         self.revocations = revocations
+        self.gate = gate
 
 
 class Policy:
@@ -129,6 +137,9 @@ class Policy:
             rates.sessions_per_principal)
         self.capacity = MemorySessionCounter(config.server.max_connections)
         self.revocations = shared.revocations or MemoryRevocations(clock)
+        self.gate: IGate = shared.gate or ComposedGate(
+            per_client=self.per_client, per_principal=self.per_principal,
+            revocations=self.revocations, rate=self.shared_rate)
         self.rules = AdmissionRules(
             websocket_path=config.server.path,
             ticket_path=(config.auth.ticket.issue_path
@@ -153,21 +164,24 @@ class Policy:
         self.alerts = AlertLogger(config.alerts, rates.ipv6_prefix, clock)
         self.failures = FailureLog(config.alerts.window, rates.ipv6_prefix, clock)
         self._counters: dict[Counter, ISessionCounter] = {
-            "pending": self.pending, "client": self.per_client,
-            "principal": self.per_principal, "capacity": self.capacity}
+            "pending": self.pending, "capacity": self.capacity}
 
     # -- carrying out admission's actions ---------------------------------
 
-    def take(self, limiter: str, key: str) -> Deferred[RateVerdict]:
-        """A connect token (see :class:`~securews.rules.admission.TakeToken`)."""
-        if limiter == "local":
-            return succeed(self.connect_rate.take_now(key))
-        assert self.shared_rate is not None
-        return self.shared_rate.take(key)
+    def take(self, key: str) -> Deferred[RateVerdict]:
+        """This node's connect token (:class:`~securews.rules.actions.TakeToken`)."""
+        return succeed(self.connect_rate.take_now(key))
 
     def hold(self, counter: Counter, key: str) -> Deferred[Lease | None]:
-        """A place (see :class:`~securews.rules.admission.Hold`)."""
+        """One of this node's places (:class:`~securews.rules.actions.Hold`)."""
         return self._counters[counter].acquire(key)
+
+    def claim(self, key: str, rate: bool) -> Deferred[Claimed]:
+        """:class:`~securews.rules.actions.Claim`, by the gate."""
+        try:
+            return self.gate.claim(key, rate)
+        except Exception:
+            return fail()
 
     def authenticate(self, request: HandshakeRequest, *,
                      issuer: bool = False) -> Deferred[Authenticated | Denied]:
@@ -229,9 +243,10 @@ class Policy:
 
         return d.addErrback(refused)
 
-    def revoked(self, principal: Credential) -> Deferred[bool]:
-        """Whether ``principal``'s credential was revoked: the principal,
-        or its token by ``jti`` (claims of the wrong type count as absent)."""
+    def vouch(self, principal: Credential) -> Deferred[Vouched]:
+        """:class:`~securews.rules.actions.Vouch`, by the gate: revoked are
+        the principal (every credential issued before) or its token by
+        ``jti`` (claims of the wrong type count as absent)."""
         jti = principal.claims.get("jti")
         issued_at = principal.claims.get("iat")
         if not isinstance(jti, str):
@@ -239,7 +254,7 @@ class Policy:
         if not isinstance(issued_at, int | float) or isinstance(issued_at, bool):
             issued_at = None
         try:
-            return self.revocations.revoked(principal.id, jti, issued_at)
+            return self.gate.vouch(principal.id, jti, issued_at)
         except Exception:
             return fail()
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
+from securews.rules.counters import Lease
 from securews.rules.head import Refusal, RequestHead
 from securews.rules.origin import AllowList
 from securews.rules.peer import IPNetwork, Peer
@@ -27,7 +28,8 @@ __all__ = [
     "Arrival",
     "Authenticate",
     "Authenticated",
-    "CheckRevoked",
+    "Claim",
+    "Claimed",
     "Counter",
     "Credential",
     "Denied",
@@ -45,6 +47,8 @@ __all__ = [
     "TicketRefused",
     "Unavailable",
     "Upgrade",
+    "Vouch",
+    "Vouched",
 ]
 
 Counter = Literal["pending", "client", "capacity", "principal"]
@@ -86,7 +90,7 @@ class AdmissionRules:
     :ivar ticket_path: where tickets are minted, or ``None`` when the
         ticket endpoint is off.
     :ivar shared_rate: a cluster-wide connect-rate limiter stands behind
-        this node's own (step 5).
+        this node's own (step 6).
     """
 
     websocket_path: str
@@ -140,13 +144,12 @@ class Settled:
 @attrs.frozen
 class TakeToken:
     """
-    One connect token for ``key`` from this node's limiter (``"local"``)
-    or the cluster's (``"shared"``); sent back: a
-    :class:`~securews.limits.interfaces.RateVerdict`-like value with
-    ``admitted`` and ``retry_after``.
+    One connect token for ``key`` from this node's own limiter (a cluster's
+    is taken with :class:`Claim`); sent back: a
+    :class:`~securews.limits.interfaces.RateVerdict` (``admitted``,
+    ``retry_after``).
     """
 
-    limiter: Literal["local", "shared"]
     key: str
 
 
@@ -235,10 +238,49 @@ class Denied:
 
 
 @attrs.frozen
-class CheckRevoked:
-    """Whether the principal's credential was revoked (sent back: a bool)."""
+class Claim:
+    """
+    One of the client's concurrent-connection places, taken with (``rate``,
+    in a cluster) a token of its connect rate across the nodes, in one go.
+    Sent back: :class:`Claimed`.
+    """
+
+    key: str
+    rate: bool = False
+
+
+@attrs.frozen
+class Claimed:
+    """
+    :ivar lease: the place, held by the driver until the connection ends;
+        ``None`` when the client holds ``connections_per_ip`` already.
+    :ivar retry_after: when the connect rate refused: seconds until it
+        would admit (no place is taken then).
+    """
+
+    lease: Lease | None
+    retry_after: float | None = None
+
+
+@attrs.frozen
+class Vouch:
+    """
+    Whether the principal's credential was revoked and, if not, one of
+    its session places, in one go.  Sent back: :class:`Vouched`.
+    """
 
     principal: Credential
+
+
+@attrs.frozen
+class Vouched:
+    """
+    :ivar revoked: the credential was revoked (no place is taken then).
+    :ivar lease: the place, or ``None`` when refused.
+    """
+
+    revoked: bool
+    lease: Lease | None
 
 
 @attrs.frozen
@@ -299,7 +341,7 @@ class Accept:
 
 
 Action = (Settled | TakeToken | Hold | Release | ReadHead | HeadRead | ReadBody
-          | Upgrade | Authenticate | CheckRevoked | IssueTicket | DropUnread
+          | Claim | Upgrade | Authenticate | Vouch | IssueTicket | DropUnread
           | Refuse | Answer | Accept)
 #: The actions after which the generator is over.
 FINAL = (DropUnread, Refuse, Answer, Accept)

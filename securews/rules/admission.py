@@ -19,42 +19,44 @@ The order, cheapest and most flood-resistant first::
     the request head, bounded ............................ 400, 431
       4  behind a TLS-terminating proxy: the client
          named by X-Forwarded-For, and its connect rate .. 429 rate_limited
-      5  its connect rate across the cluster ............. 429 rate_limited
-      6  the route ....................................... 404, 405, 426, 505
-      7  one of its concurrent-connection places ......... 429 too_many_connections
-      8  the Origin ...................................... 403 origin
+      5  the route ....................................... 404, 405, 426, 505
+      6  in a cluster, its connect rate across the nodes . 429 rate_limited
+         and one of its concurrent-connection places ..... 429 too_many_connections
+      7  the Origin ...................................... 403 origin
          (the ticket endpoint goes on in :func:`_ticket`)
-      9  one of the server's places ...................... 503 server_full
-     10  the upgrade itself (RFC 6455) ................... 400 bad_handshake
-     11  authentication .................................. 401, 400, 500
-     12  the credential's expiry ......................... 401 expired
-     13  revocation ...................................... 401 revoked
-     14  one of the principal's session places ........... 429 too_many_sessions
+      8  one of the server's places ...................... 503 server_full
+      9  the upgrade itself (RFC 6455) ................... 400 bad_handshake
+     10  authentication .................................. 401, 400, 500
+     11  the credential's expiry ......................... 401 expired
+     12  revocation ...................................... 401 revoked
+         and one of the principal's session places ....... 429 too_many_sessions
       -> 101
 
-Places are held until the connection ends, except the unfinished-
-handshake place, which is given back once the head is read.  A limiter
-or store that cannot answer makes the driver throw :exc:`Unavailable`
-into the generator: the answer is then 503 (fail closed), never a 101.
+Steps 6 and 12 are one action each (:class:`~securews.rules.actions.Claim`,
+:class:`~securews.rules.actions.Vouch`), so a cluster answers each in one
+round trip to its engine.  Places are held until the connection ends,
+except the unfinished-handshake place, which is given back once the head
+is read.  A limiter or store that cannot answer makes the driver throw
+:exc:`Unavailable` into the generator: the answer is then 503 (fail
+closed), never a 101.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import attrs
 
 from securews.rules.actions import (
     UNAVAILABLE,
     Accept,
-    Action,
     AdmissionRules,
     Answer,
     Arrival,
     Authenticate,
-    CheckRevoked,
+    Claim,
     Denied,
     DropUnread,
     HeadRead,
@@ -70,6 +72,7 @@ from securews.rules.actions import (
     TicketRefused,
     Unavailable,
     Upgrade,
+    Vouch,
 )
 from securews.rules.head import HeadScanner, Refusal, RequestHead, route
 from securews.rules.origin import OriginError, origin_allowed, parse_origin
@@ -114,7 +117,7 @@ def _admission(rules: AdmissionRules, arrival: Arrival) -> Steps:
         yield DropUnread("untrusted_peer")
         return
     if not peer.forwarding:
-        if not (yield TakeToken("local", peer.key)).admitted:
+        if not (yield TakeToken(peer.key)).admitted:
             yield DropUnread("connect_rate")
             return
         if not (yield Hold("pending", peer.key)):
@@ -138,18 +141,20 @@ def _admission(rules: AdmissionRules, arrival: Arrival) -> Steps:
         peer = forwarded_peer(peer, head.values("x-forwarded-for"), rules.trusted,
                               rules.ipv6_prefix)
         yield Settled(peer)
-        if (limited := (yield from _rate(peer, "local"))) is not None:
-            yield limited
+        verdict = yield TakeToken(peer.key)
+        if not verdict.admitted:
+            yield _rate_limited(verdict.retry_after)
             return
-    if rules.shared_rate and (limited := (yield from _rate(peer, "shared"))):
-        yield limited
-        return
 
     tickets = rules.ticket_path is not None and head.path == rules.ticket_path
     if not tickets and (wrong := route(head, websocket_path=rules.websocket_path)):
         yield Refuse(wrong)
         return
-    if not (yield Hold("client", peer.key)):
+    claimed = yield Claim(peer.key, rate=rules.shared_rate)
+    if claimed.retry_after is not None:
+        yield _rate_limited(claimed.retry_after)
+        return
+    if claimed.lease is None:
         yield Refuse(Refusal(429, "too_many_connections", (("Retry-After", "1"),)))
         return
     origin = allowed_origin(head, rules)
@@ -178,24 +183,21 @@ def _admission(rules: AdmissionRules, arrival: Arrival) -> Steps:
     if method != "anonymous":
         # Anonymous (development) principals are all one id: left to the
         # per-address limits.
-        if (yield CheckRevoked(principal)):
+        vouched = yield Vouch(principal)
+        if vouched.revoked:
             yield Refuse(Refusal(401, "revoked"), method=method)
             return
-        if not (yield Hold("principal", principal.id)):
+        if vouched.lease is None:
             yield Refuse(Refusal(429, "too_many_sessions", (("Retry-After", "1"),)),
                          method=method)
             return
     yield Accept(principal)
 
 
-def _rate(peer: Peer, limiter: Literal["local", "shared"]
-          ) -> Generator[Action, Any, Refuse | None]:
-    """A connect token for a client known from its request head; a flood's
-    429s are summarised, not logged one by one."""
-    verdict = yield TakeToken(limiter, peer.key)
-    if verdict.admitted:
-        return None
-    wait = max(1, math.ceil(verdict.retry_after))
+def _rate_limited(retry_after: float) -> Refuse:
+    """Over a connect rate, known from the request head: 429 with the wait;
+    a flood's answers are summarised, not logged one by one."""
+    wait = max(1, math.ceil(retry_after))
     return Refuse(Refusal(429, "rate_limited", (("Retry-After", str(wait)),)),
                   summarised=True)
 

@@ -19,11 +19,13 @@ from zope.interface.verify import verifyObject
 
 from securews.auth.interfaces import ITicketStore, Principal, TicketRejected
 from securews.limits.interfaces import (
+    IGate,
     IRateLimiter,
     IRevocations,
     ISessionCounter,
     RateVerdict,
 )
+from securews.rules.actions import Claimed, Vouched
 
 ALICE = Principal("alice", "cookie")
 ORIGIN = "https://app.example.com"
@@ -153,6 +155,71 @@ class RevocationsContract(Contract):
         except ValueError:
             return
         raise AssertionError("an endless revocation was accepted")
+
+
+class GateContract(Contract):
+    """The handshake's two shared checks (:class:`IGate`)."""
+
+    def make_gate(self, *, per_client: int, per_principal: int, rate: float = 1.0,
+                  burst: int = 1) -> tuple[IGate, IRevocations]:
+        """A gate and the revocations it consults."""
+        raise NotImplementedError
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def test_provides_the_interface(self) -> None:
+        gate, _ = self.make_gate(per_client=1, per_principal=1)
+        assert verifyObject(IGate, gate)
+
+    @pytest_twisted.ensureDeferred
+    async def test_a_claim_holds_one_of_the_network_places(self) -> None:
+        gate, _ = self.make_gate(per_client=2, per_principal=1)
+        first, second = await gate.claim("net", False), await gate.claim("net", False)
+        assert first.lease is not None
+        assert second.lease is not None
+        third = await gate.claim("net", False)
+        assert third == Claimed(None, None)
+        first.lease.release()
+        again = await gate.claim("net", False)
+        assert again.lease is not None
+        assert (await gate.claim("other", False)).lease is not None
+
+    @pytest_twisted.ensureDeferred
+    async def test_a_claim_over_the_rate_takes_no_place(self) -> None:
+        gate, _ = self.make_gate(per_client=5, per_principal=1, rate=2, burst=2)
+        claims = [await gate.claim("net", True) for _ in range(3)]
+        assert [c.lease is not None for c in claims] == [True, True, False]
+        refused = claims[-1]
+        assert refused.retry_after is not None
+        assert 0 < refused.retry_after <= 0.5 + 1e-6
+        # The refused claim held nothing: without the rate, places remain.
+        assert all([(await gate.claim("net", False)).lease for _ in range(3)])
+        assert (await gate.claim("net", False)).lease is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_a_vouch_holds_one_of_the_principal_places(self) -> None:
+        gate, _ = self.make_gate(per_client=1, per_principal=1)
+        first = await gate.vouch("alice", None, None)
+        assert not first.revoked
+        assert first.lease is not None
+        assert await gate.vouch("alice", None, None) == Vouched(False, None)
+        first.lease.release()
+        assert (await gate.vouch("alice", None, None)).lease is not None
+
+    @pytest_twisted.ensureDeferred
+    async def test_a_revoked_credential_is_vouched_for_by_no_one(self) -> None:
+        gate, revocations = self.make_gate(per_client=1, per_principal=3)
+        now = self.now()
+        await revocations.revoke(principal="alice", until=now + 60)
+        await revocations.revoke(jti="t1", until=now + 60)
+        assert await gate.vouch("alice", None, now - 5) == Vouched(True, None)
+        assert await gate.vouch("bob", "t1", None) == Vouched(True, None)
+        later = await gate.vouch("alice", None, now + 5)
+        assert not later.revoked
+        assert later.lease is not None
+        # Refusals held nothing: bob still has all his places.
+        assert all([(await gate.vouch("bob", None, None)).lease for _ in range(3)])
 
 
 class TicketStoreContract(Contract):

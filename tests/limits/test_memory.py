@@ -8,7 +8,13 @@ from twisted.internet.task import Clock
 
 from securews.auth.interfaces import ITicketStore
 from securews.auth.tickets import InMemoryTicketStore, TicketBook
-from securews.limits.interfaces import IRateLimiter, IRevocations, ISessionCounter
+from securews.limits.gate import ComposedGate
+from securews.limits.interfaces import (
+    IGate,
+    IRateLimiter,
+    IRevocations,
+    ISessionCounter,
+)
 from securews.limits.memory import (
     MemoryRateLimiter,
     MemoryRevocations,
@@ -16,6 +22,7 @@ from securews.limits.memory import (
     RevocationsFull,
 )
 from tests.limits.contracts import (
+    GateContract,
     RateLimiterContract,
     RevocationsContract,
     SessionCounterContract,
@@ -53,6 +60,17 @@ class TestMemoryRateLimiter(OnAClock, RateLimiterContract):
 class TestMemoryRevocations(OnAClock, RevocationsContract):
     def make_revocations(self) -> IRevocations:
         return MemoryRevocations(self.clock)
+
+
+class TestComposedGate(OnAClock, GateContract):
+    def make_gate(self, *, per_client: int, per_principal: int, rate: float = 1.0,
+                  burst: int = 1) -> tuple[IGate, IRevocations]:
+        revocations = MemoryRevocations(self.clock)
+        gate = ComposedGate(per_client=MemorySessionCounter(per_client),
+                            per_principal=MemorySessionCounter(per_principal),
+                            revocations=revocations,
+                            rate=MemoryRateLimiter(rate, burst, self.clock))
+        return gate, revocations
 
 
 class TestInMemoryTicketStore(OnAClock, TicketStoreContract):

@@ -23,7 +23,8 @@ from securews.rules.actions import (
     Arrival,
     Authenticate,
     Authenticated,
-    CheckRevoked,
+    Claim,
+    Claimed,
     Denied,
     DropUnread,
     Hold,
@@ -37,8 +38,11 @@ from securews.rules.actions import (
     TicketRefused,
     Unavailable,
     Upgrade,
+    Vouch,
+    Vouched,
 )
 from securews.rules.admission import admission
+from securews.rules.counters import Lease
 from securews.rules.head import Refusal
 from securews.rules.origin import parse_allow_list
 from tests.support.memory import FUZZ, ORIGIN, request
@@ -73,7 +77,8 @@ def answers(*, tokens: bool = True, places: frozenset[str] = frozenset(
                 {"pending", "client", "capacity", "principal"}),
             principal: Who | Denied = ALICE, revoked: bool = False,
             ticket: str | TicketRefused = "T", offered: tuple[str, ...] = (),
-            data: bytes = request()) -> Callable[[Action], object]:
+            data: bytes = request(), shared_tokens: bool = True,
+            ) -> Callable[[Action], object]:
     """What a world of backends answers, by action."""
 
     def answer(action: Action) -> object:
@@ -82,6 +87,15 @@ def answers(*, tokens: bool = True, places: frozenset[str] = frozenset(
                 return Verdict(tokens, 0.0 if tokens else 2.4)
             case Hold(counter=counter):
                 return counter in places
+            case Claim(rate=rate):
+                if rate and not shared_tokens:
+                    return Claimed(None, 0.3)
+                return Claimed(Lease(lambda: None) if "client" in places else None)
+            case Vouch():
+                if revoked:
+                    return Vouched(True, None)
+                return Vouched(False, Lease(lambda: None)
+                               if "principal" in places else None)
             case ReadHead() | ReadBody():
                 return data
             case Upgrade():
@@ -90,8 +104,6 @@ def answers(*, tokens: bool = True, places: frozenset[str] = frozenset(
                 if isinstance(principal, Denied):
                     return principal
                 return Authenticated(principal, NOW)
-            case CheckRevoked():
-                return revoked
             case IssueTicket():
                 return ticket
         return None
@@ -123,10 +135,10 @@ def kinds(actions: list[Action]) -> list[str]:
     out = []
     for a in actions:
         name = type(a).__name__
-        if isinstance(a, TakeToken):
-            name += f":{a.limiter}"
-        elif isinstance(a, Hold | Release):
+        if isinstance(a, Hold | Release):
             name += f":{a.counter}"
+        elif isinstance(a, Claim) and a.rate:
+            name += ":rate"
         out.append(name)
     return out
 
@@ -139,9 +151,9 @@ def test_the_order_of_a_successful_upgrade() -> None:
     """The order the module docstring promises, from accept to 101."""
     actions = play(answers())
     assert kinds(actions) == [
-        "Settled", "TakeToken:local", "Hold:pending", "ReadHead", "HeadRead",
-        "Release:pending", "Hold:client", "Hold:capacity", "Upgrade",
-        "Authenticate", "CheckRevoked", "Hold:principal", "Accept"]
+        "Settled", "TakeToken", "Hold:pending", "ReadHead", "HeadRead",
+        "Release:pending", "Claim", "Hold:capacity", "Upgrade",
+        "Authenticate", "Vouch", "Accept"]
     assert final(actions) == Accept(ALICE)
     assert actions[0] == Settled(actions[0].peer, attempt=True)  # type: ignore[union-attr]
 
@@ -173,8 +185,7 @@ def test_each_check_refuses_as_documented(world: dict[str, Any],
 def test_anonymous_principals_are_neither_revoked_nor_counted() -> None:
     actions = play(answers(principal=Who("anonymous", "anonymous"),
                            places=frozenset({"pending", "client", "capacity"})))
-    assert "CheckRevoked" not in kinds(actions)
-    assert "Hold:principal" not in kinds(actions)
+    assert "Vouch" not in kinds(actions)
     assert isinstance(final(actions), Accept)
 
 
@@ -200,7 +211,7 @@ def test_behind_a_terminating_proxy_the_head_names_the_client() -> None:
     actions = play(answers(data=data, tokens=False), rules=rules,
                    arrival=Arrival("10.1.2.3"))
     assert kinds(actions)[:6] == ["Settled", "ReadHead", "HeadRead", "Release:pending",
-                                  "Settled", "TakeToken:local"]
+                                  "Settled", "TakeToken"]
     first, later = actions[0], actions[4]
     assert isinstance(first, Settled)
     assert isinstance(later, Settled)
@@ -210,13 +221,19 @@ def test_behind_a_terminating_proxy_the_head_names_the_client() -> None:
         Refusal(429, "rate_limited", (("Retry-After", "3"),)), summarised=True)
 
 
-def test_a_shared_rate_is_taken_after_the_head() -> None:
+def test_in_a_cluster_the_rate_is_claimed_with_the_place() -> None:
+    """One action, so one round trip: the cluster's connect rate and the
+    network's place, after the route."""
     rules = attrs.evolve(RULES, shared_rate=True)
     actions = play(answers(), rules=rules)
-    assert kinds(actions)[5:7] == ["Release:pending", "TakeToken:shared"]
+    assert kinds(actions)[5:7] == ["Release:pending", "Claim:rate"]
+    refused = play(answers(shared_tokens=False), rules=rules)
+    assert final(refused) == Refuse(
+        Refusal(429, "rate_limited", (("Retry-After", "1"),)), summarised=True)
+    assert "Upgrade" not in kinds(refused)
 
 
-@pytest.mark.parametrize("at", [TakeToken, Hold, CheckRevoked])
+@pytest.mark.parametrize("at", [Claim, Hold, Vouch])
 def test_a_backend_that_cannot_answer_is_503_never_a_101(at: type) -> None:
     rules = attrs.evolve(RULES, shared_rate=True)
     steps = admission(rules, Arrival(PEER))
@@ -225,8 +242,7 @@ def test_a_backend_that_cannot_answer_is_503_never_a_101(at: type) -> None:
     while not isinstance(action, FINAL):
         # The accept-time checks are this node's memory, which answers.
         failing = isinstance(action, at) and not (
-            (isinstance(action, TakeToken) and action.limiter == "local")
-            or (isinstance(action, Hold) and action.counter == "pending"))
+            isinstance(action, Hold) and action.counter == "pending")
         action = steps.throw(Unavailable()) if failing else steps.send(answer(action))
     assert action == Refuse(Refusal(503, "unavailable", (("Retry-After", "1"),)),
                             summarised=True)
@@ -253,8 +269,8 @@ CORS = (("Access-Control-Allow-Origin", ORIGIN),
 def test_a_ticket_is_minted_after_the_body_and_the_issuer() -> None:
     actions = play(answers(data=post(b'{"a": 1}')))
     assert kinds(actions) == [
-        "Settled", "TakeToken:local", "Hold:pending", "ReadHead", "HeadRead",
-        "Release:pending", "Hold:client", "Authenticate", "IssueTicket", "Answer"]
+        "Settled", "TakeToken", "Hold:pending", "ReadHead", "HeadRead",
+        "Release:pending", "Claim", "Authenticate", "IssueTicket", "Answer"]
     authenticate = actions[7]
     assert isinstance(authenticate, Authenticate)
     assert authenticate.issuer
@@ -346,9 +362,10 @@ def test_one_final_action_and_a_101_only_when_every_check_passed(
         anonymous = principal.method == "anonymous"
         assert anonymous or (not revoked and "principal" in places)
         # Every place asked for was granted, in the documented order.
-        held = [a.counter for a in actions if isinstance(a, Hold)]
-        assert held == ["pending", "client", "capacity"] + (
-            [] if anonymous else ["principal"])
+        held = [a.counter if isinstance(a, Hold) else type(a).__name__
+                for a in actions if isinstance(a, Hold | Claim | Vouch)]
+        assert held == ["pending", "Claim", "capacity"] + (
+            [] if anonymous else ["Vouch"])
     if any(isinstance(a, Authenticate) for a in actions):
         assert tokens
         assert {"pending", "client"} <= places
