@@ -31,6 +31,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from securews.auth.interfaces import HandshakeRequest, IAuthenticator, Principal
@@ -95,14 +96,41 @@ class FixedAuthenticator:
                  ) -> None:
         self.result = result
         self.requests: list[HandshakeRequest] = []
+        self._waiting: list[Deferred[Principal | None]] = []
+        self._outcome: Any = _PENDING
+        if isinstance(result, Deferred):
+            result.addBoth(self._settle)
+
+    def _settle(self, outcome: Any) -> None:
+        """The preset Deferred fired: so do the requests waiting on it (a
+        Deferred has one consumer, so each request has its own)."""
+        self._outcome = outcome
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            _fire(d, outcome)
 
     def authenticate(self, request: HandshakeRequest) -> Deferred[Principal | None]:
         self.requests.append(request)
         if isinstance(self.result, Deferred):
-            return self.result
+            own: Deferred[Principal | None] = Deferred()
+            if self._outcome is _PENDING:
+                self._waiting.append(own)
+            else:
+                _fire(own, self._outcome)
+            return own
         if isinstance(self.result, BaseException):
             return fail(self.result)
         return succeed(self.result)
+
+
+_PENDING = object()
+
+
+def _fire(d: Deferred[Any], outcome: Any) -> None:
+    if isinstance(outcome, Failure):
+        d.errback(outcome)
+    else:
+        d.callback(outcome)
 
 
 def _config(sections: dict[str, Mapping[str, object]]) -> Config:

@@ -146,6 +146,8 @@ class IAuthenticator(Interface):
             :class:`AuthenticationFailed` when a credential is present but
             invalid (401).  Any other failure denies the handshake too
             (500, fail closed); its text is never shown nor logged.
+            Each call returns a Deferred of its own (a Deferred has one
+            consumer: securews chains onto it).
         """
 
 

@@ -88,6 +88,7 @@ HANDSHAKE_REASONS = AUTH_REASONS | frozenset({
     "too_many_connections", "unavailable",
     "too_many_sessions",
     "too_many_pending", "unsupported_media_type", "upgrade_required",
+    "untrusted_peer",
     "untrusted_proxy", "proxy_header_missing", "proxy_header_malformed",
     "proxy_header_too_long", "proxy_header_timeout",
 })

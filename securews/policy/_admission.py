@@ -23,6 +23,7 @@ from securews.rules.actions import (
     FINAL,
     Action,
     Arrival,
+    CheckRevoked,
     Claim,
     Claimed,
     Counter,
@@ -47,6 +48,24 @@ _log = Logger(namespace="securews.handshake")
 #: :meth:`Admission.resume` itself later (or never: a final action).
 WAIT: Final = object()
 _LATER: Final = object()
+
+
+def _lease(value: object) -> Lease:
+    """A place a backend granted; anything but a Lease is its bug, and
+    refused (never taken for a place: that would fail open)."""
+    if not isinstance(value, Lease):
+        raise TypeError(f"a place answered with a {type(value).__name__}")
+    return value
+
+
+def _give_back(lease: Lease) -> None:
+    """Give a place back; one that cannot be given back (its engine is
+    gone: its own lease will lapse there) never keeps the others."""
+    try:
+        lease.release()
+    except Exception as e:
+        _log.error("a place could not be given back ({error})",
+                   event="release_failed", error=type(e).__name__)
 
 
 class Connection(Protocol):
@@ -97,9 +116,9 @@ class Admission:
         (an answer that arrives later is dropped, a place it brings given back)."""
         self._closed = True
         self.waiting = None
-        for lease in self._leases.values():
-            lease.release()
-        self._leases.clear()
+        leases, self._leases = list(self._leases.values()), {}
+        for lease in leases:
+            _give_back(lease)
         self._steps.close()
 
     def _advance(self, value: object, error: BaseException | None) -> None:
@@ -136,22 +155,30 @@ class Admission:
         return self.connection
 
     def _carry_out(self, action: Action) -> object:
+        """The policy's answer (a backend that raises instead of failing
+        its Deferred is a failure all the same), or the connection's."""
         policy = self._policy
-        if isinstance(action, TakeToken):
-            return policy.take(action.key)
-        if isinstance(action, Hold):
-            return policy.hold(action.counter, action.key)
-        if isinstance(action, Claim):
-            return policy.claim(action.key, action.rate)
-        if isinstance(action, Vouch):
-            return policy.vouch(action.principal)
+        try:
+            if isinstance(action, TakeToken):
+                return policy.take(action.key)
+            if isinstance(action, Hold):
+                return policy.hold(action.counter, action.key)
+            if isinstance(action, Claim):
+                return policy.claim(action.key, action.rate)
+            if isinstance(action, Vouch):
+                return policy.vouch(action.principal)
+            if isinstance(action, CheckRevoked):
+                return policy.revoked(action.principal)
+            if isinstance(action, IssueTicket):
+                return policy.issue_ticket(action.principal, action.origin,
+                                           action.client)
+        except Exception:
+            return Failure()
         if isinstance(action, Release):
             lease = self._leases.pop(action.counter, None)
             if lease is not None:
-                lease.release()
+                _give_back(lease)
             return None
-        if isinstance(action, IssueTicket):
-            return policy.issue_ticket(action.principal, action.origin, action.client)
         return self._connect().carry_out(action)
 
     def _outcome(self, action: Action,
@@ -172,16 +199,16 @@ class Admission:
         if isinstance(action, Hold):
             if result is None:
                 return False
-            assert isinstance(result, Lease)
-            self._leases[action.counter] = result
+            self._leases[action.counter] = _lease(result)
             return True
-        if isinstance(result, Claimed | Vouched):
+        if isinstance(action, Claim | Vouch):
+            kind = Claimed if isinstance(action, Claim) else Vouched
+            if not isinstance(result, kind):
+                raise TypeError(f"{type(action).__name__} answered with a "
+                                f"{type(result).__name__}")
             if result.lease is not None:
-                self._leases["client" if isinstance(result, Claimed)
-                             else "principal"] = result.lease
-        elif isinstance(action, Claim | Vouch):
-            raise TypeError(f"{type(action).__name__} answered with a "
-                            f"{type(result).__name__}")
+                self._leases["client" if kind is Claimed else "principal"] = (
+                    _lease(result.lease))
         return result
 
     def _now_or_later(self, action: Action, d: Deferred[Any]) -> object:
@@ -203,7 +230,7 @@ class Admission:
             if self._closed or self.waiting is not action:
                 lease = getattr(outcome, "lease", outcome)
                 if isinstance(lease, Lease):
-                    lease.release()
+                    _give_back(lease)
                 return
             self.waiting = None
             self._advance(*self._outcome(action, outcome))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -156,6 +156,7 @@ class Policy:
             shared_rate=self.shared_rate is not None,
         )
         self.connections: set[Any] = set()
+        self._listening = 0
         self.open_sessions = 0
         self.metrics = Metrics(connections=lambda: len(self.connections),
                                sessions=lambda: self.open_sessions,
@@ -165,6 +166,26 @@ class Policy:
         self.failures = FailureLog(config.alerts.window, rates.ipv6_prefix, clock)
         self._counters: dict[Counter, ISessionCounter] = {
             "pending": self.pending, "capacity": self.capacity}
+
+    # -- running ------------------------------------------------------------
+
+    def start(self) -> None:
+        """A factory of this policy listens: background work (the JWKS
+        refreshes) runs while at least one does."""
+        self._listening += 1
+        if self._listening == 1 and self.jwks is not None:
+            self.jwks.start()
+
+    def stop(self) -> None:
+        """A factory stopped listening; after the last, nothing of the
+        policy's is left running (no timer)."""
+        if self._listening == 0:
+            return
+        self._listening -= 1
+        if self._listening == 0:
+            if self.jwks is not None:
+                self.jwks.stop()
+            self.failures.stop()
 
     # -- carrying out admission's actions ---------------------------------
 
@@ -178,10 +199,7 @@ class Policy:
 
     def claim(self, key: str, rate: bool) -> Deferred[Claimed]:
         """:class:`~securews.rules.actions.Claim`, by the gate."""
-        try:
-            return self.gate.claim(key, rate)
-        except Exception:
-            return fail()
+        return self.gate.claim(key, rate)
 
     def authenticate(self, request: HandshakeRequest, *,
                      issuer: bool = False) -> Deferred[Authenticated | Denied]:
@@ -243,20 +261,18 @@ class Policy:
 
         return d.addErrback(refused)
 
+    def revoked(self, principal: Credential) -> Deferred[bool]:
+        """:class:`~securews.rules.actions.CheckRevoked` (the ticket
+        endpoint: revocation without a session place)."""
+        jti, issued_at = _token_facts(principal)
+        return self.revocations.revoked(principal.id, jti, issued_at)
+
     def vouch(self, principal: Credential) -> Deferred[Vouched]:
         """:class:`~securews.rules.actions.Vouch`, by the gate: revoked are
         the principal (every credential issued before) or its token by
         ``jti`` (claims of the wrong type count as absent)."""
-        jti = principal.claims.get("jti")
-        issued_at = principal.claims.get("iat")
-        if not isinstance(jti, str):
-            jti = None
-        if not isinstance(issued_at, int | float) or isinstance(issued_at, bool):
-            issued_at = None
-        try:
-            return self.gate.vouch(principal.id, jti, issued_at)
-        except Exception:
-            return fail()
+        jti, issued_at = _token_facts(principal)
+        return self.gate.vouch(principal.id, jti, issued_at)
 
     # -- records -----------------------------------------------------------
 
@@ -292,6 +308,18 @@ class Policy:
     def _ticket_count(self) -> int | None:
         book = getattr(self.ticket_store, "book", None)
         return None if book is None else len(book)
+
+
+def _token_facts(principal: Credential) -> tuple[str | None, float | None]:
+    """The ``jti`` and ``iat`` claims revocation reads (claims of the wrong
+    type count as absent)."""
+    jti = principal.claims.get("jti")
+    issued_at = principal.claims.get("iat")
+    if not isinstance(jti, str):
+        jti = None
+    if not isinstance(issued_at, int | float) or isinstance(issued_at, bool):
+        issued_at = None
+    return jti, issued_at
 
 
 def build_policy(config: Config, clock: Any, *,

@@ -28,6 +28,7 @@ __all__ = [
     "Arrival",
     "Authenticate",
     "Authenticated",
+    "CheckRevoked",
     "Claim",
     "Claimed",
     "Counter",
@@ -238,6 +239,14 @@ class Denied:
 
 
 @attrs.frozen
+class CheckRevoked:
+    """Whether the principal's credential was revoked, without taking a
+    place (the ticket endpoint); sent back: a bool."""
+
+    principal: Credential
+
+
+@attrs.frozen
 class Claim:
     """
     One of the client's concurrent-connection places, taken with (``rate``,
@@ -341,7 +350,8 @@ class Accept:
 
 
 Action = (Settled | TakeToken | Hold | Release | ReadHead | HeadRead | ReadBody
-          | Claim | Upgrade | Authenticate | Vouch | IssueTicket | DropUnread
+          | Claim | Upgrade | Authenticate | Vouch | CheckRevoked | IssueTicket
+          | DropUnread
           | Refuse | Answer | Accept)
 #: The actions after which the generator is over.
 FINAL = (DropUnread, Refuse, Answer, Accept)

@@ -56,6 +56,7 @@ from securews.rules.actions import (
     Answer,
     Arrival,
     Authenticate,
+    CheckRevoked,
     Claim,
     Denied,
     DropUnread,
@@ -239,7 +240,15 @@ def _ticket(rules: AdmissionRules, head: RequestHead, peer: Peer,
         if isinstance(result, Denied):
             yield refuse(result.refusal, result.method)
             return
-        ticket = yield IssueTicket(result.principal, head.get("origin"), peer.address)
+        principal = result.principal
+        method = principal.method
+        if principal.expires_at is not None and principal.expires_at <= result.now:
+            yield refuse(Refusal(401, "expired"), method)
+            return
+        if method != "anonymous" and (yield CheckRevoked(principal)):
+            yield refuse(Refusal(401, "revoked"), method)
+            return
+        ticket = yield IssueTicket(principal, head.get("origin"), peer.address)
     except Unavailable:
         yield attrs.evolve(refuse(UNAVAILABLE), summarised=True)
         return

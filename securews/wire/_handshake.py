@@ -88,6 +88,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _denied_method: str | None = None
     _dropped = False
     _answered = False
+    _request_whole = False
     _summarised = False
     _accepted_at: float | None = None
 
@@ -140,7 +141,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
             starting = True
         else:
             starting = False
-        policy.connections.add(self)
+        self.factory.connection_made(self)
         super().connectionMade()
         # securews's own timer: Autobahn's rounds deadlines down to a whole
         # second (txaio's batched timer), cutting short timeouts by up to 1 s.
@@ -176,6 +177,9 @@ class HandshakeProtocol(WebSocketServerProtocol):
             case Upgrade():
                 return self._hand_over()
             case Authenticate(head=head, client=client, origin=origin, issuer=issuer):
+                # A ticket request is whole now: nothing more is read (nor
+                # buffered) until it is answered.
+                self._request_whole = self._request_whole or issuer
                 self.tls_client_subject = peer_subject(self.transport)
                 return self.policy.authenticate(HandshakeRequest(
                     head=head, client=client, origin=origin,
@@ -227,10 +231,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
     # -- reading -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if (self._dropped or self._answered
+        if (self._dropped or self._answered or self._request_whole
                 or self.state == WebSocketProtocol.STATE_CLOSED):
-            # Dropped, answered or closed: nothing more is read, so nothing
-            # piles up meanwhile.
+            # Dropped, answered, closed or a complete ticket request:
+            # nothing more is read, so nothing piles up meanwhile.
             return
         super().dataReceived(data)
 
@@ -301,7 +305,8 @@ class HandshakeProtocol(WebSocketServerProtocol):
         else:
             self._log_handshake(outcome, reason, status)
         policy.answered(outcome, status, reason, self._elapsed())
-        if outcome == "refused" and status != 500:
+        if outcome == "refused" and status != 500 and reason != "unavailable":
+            # A refusal of the client's doing (an outage is not).
             policy.alerts.record("denials", self.client)
         # A deliberate answer, not a failure: keeps Autobahn from logging
         # a second, warning-level line about the drop.
@@ -350,9 +355,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
         finally:
             if self._reaper is not None and self._reaper.active():
                 self._reaper.cancel()
-            self._release()
-            policy.connections.discard(self)
-            self.factory.connection_lost(self)
+            try:
+                self._release()
+            finally:
+                self.factory.connection_lost(self)
 
     def _release(self) -> None:
         """Give back every place this connection holds (idempotent)."""

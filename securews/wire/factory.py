@@ -106,6 +106,8 @@ class SecureServerFactory(WebSocketServerFactory):
                                   ticket_store=ticket_store,
                                   ticket_issuer=ticket_issuer)
         self.policy = policy
+        #: This factory's live connections (a policy may serve several).
+        self.connections: set[SecureServerProtocol] = set()
         self._drained: list[Deferred[None]] = []
         limits = config.limits
         self.setProtocolOptions(
@@ -164,15 +166,15 @@ class SecureServerFactory(WebSocketServerFactory):
         return proto
 
     def startFactory(self) -> None:
-        """Listening: keep the JWKS fresh meanwhile."""
+        """Listening: the policy's background work (the JWKS refreshes) runs
+        while at least one of its factories listens."""
         super().startFactory()  # type: ignore[no-untyped-call]
-        if self.policy.jwks is not None:
-            self.policy.jwks.start()
+        self.policy.start()
 
     def stopFactory(self) -> None:
-        """No longer listening: no more JWKS refreshes (no timer left behind)."""
-        if self.policy.jwks is not None:
-            self.policy.jwks.stop()
+        """No longer listening (no timer left behind once the last of the
+        policy's factories stops)."""
+        self.policy.stop()
         super().stopFactory()  # type: ignore[no-untyped-call]
 
     @property
@@ -186,12 +188,18 @@ class SecureServerFactory(WebSocketServerFactory):
 
     @property
     def connection_count(self) -> int:
-        """Live TCP connections, handshaking or open."""
-        return len(self.policy.connections)
+        """This factory's live TCP connections, handshaking or open."""
+        return len(self.connections)
+
+    def connection_made(self, proto: SecureServerProtocol) -> None:
+        self.connections.add(proto)
+        self.policy.connections.add(proto)
 
     def connection_lost(self, proto: SecureServerProtocol) -> None:
         """A connection ended; the last one completes a shutdown."""
-        if not self.policy.connections:
+        self.connections.discard(proto)
+        self.policy.connections.discard(proto)
+        if not self.connections:
             drained, self._drained = self._drained, []
             for d in drained:
                 d.callback(None)
@@ -210,8 +218,9 @@ class SecureServerFactory(WebSocketServerFactory):
         """
         if grace is None:
             grace = self.config.server.shutdown_grace
+        # What the failure log counted so far is logged now, not lost.
         self.policy.failures.stop()
-        connections = self.policy.connections
+        connections = self.connections
         if not connections:
             return succeed(None)
         _log.info("closing {count} connections (grace {grace}s)",
@@ -231,7 +240,7 @@ class SecureServerFactory(WebSocketServerFactory):
         return d
 
     def _abort_all(self) -> None:
-        connections = self.policy.connections
+        connections = self.connections
         if connections:
             _log.warn("aborting {count} connections after the grace period",
                       event="shutdown", count=len(connections))

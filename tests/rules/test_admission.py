@@ -23,6 +23,7 @@ from securews.rules.actions import (
     Arrival,
     Authenticate,
     Authenticated,
+    CheckRevoked,
     Claim,
     Claimed,
     Denied,
@@ -91,6 +92,8 @@ def answers(*, tokens: bool = True, places: frozenset[str] = frozenset(
                 if rate and not shared_tokens:
                     return Claimed(None, 0.3)
                 return Claimed(Lease(lambda: None) if "client" in places else None)
+            case CheckRevoked():
+                return revoked
             case Vouch():
                 if revoked:
                     return Vouched(True, None)
@@ -270,7 +273,8 @@ def test_a_ticket_is_minted_after_the_body_and_the_issuer() -> None:
     actions = play(answers(data=post(b'{"a": 1}')))
     assert kinds(actions) == [
         "Settled", "TakeToken", "Hold:pending", "ReadHead", "HeadRead",
-        "Release:pending", "Claim", "Authenticate", "IssueTicket", "Answer"]
+        "Release:pending", "Claim", "Authenticate", "CheckRevoked", "IssueTicket",
+        "Answer"]
     authenticate = actions[7]
     assert isinstance(authenticate, Authenticate)
     assert authenticate.issuer
@@ -307,6 +311,8 @@ def test_a_body_split_across_reads_is_waited_for() -> None:
      Refusal(429, "too_many", (("Retry-After", "30"), *CORS))),
     ({"data": post(), "ticket": TicketRefused("server_busy")},
      Refusal(503, "server_busy", CORS)),
+    ({"data": post(), "revoked": True}, Refusal(401, "revoked", CORS)),
+    ({"data": post(), "principal": Who(expires_at=NOW)}, Refusal(401, "expired", CORS)),
 ])
 def test_ticket_refusals_carry_cors_for_the_allowed_origin(
     world: dict[str, Any], expected: Refusal

@@ -720,8 +720,10 @@ def test_every_label_securews_emits_is_in_its_fixed_set() -> None:
     assert {outcome for outcome, _ in counted} <= OUTCOMES
     assert {reason for _, reason in counted if reason} <= HANDSHAKE_REASONS
     dropped = _found(r'DropUnread\("(\w+)"\)') | _found(r'dropped\("(\w+)"')
-    assert {"connect_rate", "tls_failure"} <= dropped
+    assert {"connect_rate", "tls_failure", "untrusted_peer"} <= dropped
     assert dropped <= DROP_REASONS
+    # A drop is also a handshake outcome, counted under its reason.
+    assert dropped <= HANDSHAKE_REASONS | {"tls_failure"}
     categories = (_found(r'Close\([\w.]+,\s*"[^"]*",\s*"(\w+)"\)')
                   | _found(r'Drop\("(\w+)"\)')
                   | _found(r'count_close\("(\w+)"\)'))
