@@ -82,6 +82,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _head: RequestHead | None = None
     _received = False
     _taken = 0
+    _delivered = 0
     _upgrade: Deferred[str | None] | None = None
     _offered: list[str] | None = None
     _pending_denial: Refusal | None = None
@@ -166,10 +167,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
                     self.policy.alerts.record("connect_attempts", peer.address)
                 return None
             case ReadHead():
-                return WAIT
+                return self._unread()
             case ReadBody(end=end):
                 self._taken = end
-                return WAIT
+                return self._unread()
             case HeadRead(head=head):
                 self._head = head
                 self._taken = head.size
@@ -205,6 +206,18 @@ class HandshakeProtocol(WebSocketServerProtocol):
                 self.policy.dropped(reason, self.client)
                 if self.transport is not None:
                     self._transport.abortConnection()
+        return WAIT
+
+    def _unread(self) -> object:
+        """
+        Bytes admission has not seen: what arrived while it waited on a
+        backend (a request body behind its head, say) is handed over now;
+        otherwise the next read brings more.
+        """
+        data: bytes = getattr(self, "data", b"")  # none before connectionMade
+        if len(data) > self._delivered:
+            self._delivered = len(data)
+            return data
         return WAIT
 
     def _hand_over(self) -> object:
@@ -246,6 +259,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
         if run is None:
             return
         if isinstance(run.waiting, ReadHead | ReadBody):
+            self._delivered = len(self.data)
             run.resume(self.data)
             return
         # Admission is waiting (on an authenticator, a limiter): a client
