@@ -21,6 +21,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 from securews.wire.factory import SecureServerFactory
 from securews.wire.listening import listening_factory
 from tests.support.common import CertFiles, write_cert
+from tests.support.redis import RedisServer, running_redis
 
 # No per-example deadline (loaded CI machines), and a fixed seed under CI
 # so a red run is reproducible from its log.
@@ -103,3 +104,10 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
         await port.stopListening()
     for factory in factories:
         await factory.shutdown(grace=0)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One ``redis-server`` for the session; tests keep apart by key prefix."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server

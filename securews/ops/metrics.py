@@ -103,7 +103,8 @@ DROP_REASONS = frozenset({
 #: :mod:`securews.rules.validation`, slow consumers, an application hook that
 #: raised, and ``too_big`` for a frame or message over the size limits).
 CLOSE_CATEGORIES = frozenset({
-    "app_error", "bad_json", "bad_utf8", "binary", "credential_expired", "dead_peer",
+    "app_error", "bad_json", "bad_utf8", "binary", "credential_expired",
+    "credential_revoked", "dead_peer", "fenced",
     "fragments", "idle", "lifetime", "rate_limited", "schema", "slow_consumer",
     "too_big", "too_deep",
 })
@@ -111,7 +112,7 @@ CLOSE_CATEGORIES = frozenset({
 #: (credential expired) (1005: none was given,
 #: 1006: the connection ended without a close handshake).
 CLOSE_CODES = frozenset(str(code) for code in (
-    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 4401))
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1013, 4401))
 _METHODS = frozenset(AUTH_METHODS)
 _INITIATORS = frozenset({"server", "client"})
 
@@ -179,6 +180,12 @@ class _Live:
                 "securews_tls_certificate_expiry_timestamp_seconds",
                 "When the served TLS certificate expires (notAfter, Unix time).",
                 value=expiry.timestamp())
+        engine_up = m.engine_up()
+        if engine_up is not None:
+            yield GaugeMetricFamily(
+                "securews_cluster_engine_up", "1 while the cluster's engine "
+                "answers and this node's places are written there, else 0.",
+                value=1 if engine_up else 0)
         jwks = m.jwks
         if jwks is not None:
             yield CounterMetricFamily(
@@ -222,6 +229,7 @@ class Metrics:
         self.sessions = sessions
         self.tickets = tickets
         self.certificate_expiry: Callable[[], datetime.datetime | None] = _nothing
+        self.engine_up: Callable[[], bool | None] = _nothing
         self.jwks: JWKSFigures | None = None
         registry = self.registry = CollectorRegistry()
         self._handshakes = Counter(
@@ -272,6 +280,10 @@ class Metrics:
     ) -> None:
         """Report the certificate expiry ``expiry`` reads (reloads included)."""
         self.certificate_expiry = _nothing if expiry is None else expiry
+
+    def watch_engine(self, up: Callable[[], bool]) -> None:
+        """Report whether a cluster's engine is up (``up`` reads it)."""
+        self.engine_up = up
 
     def watch_jwks(self, jwks: JWKSFigures | None) -> None:
         """Report the refreshes of ``jwks`` (``auth.jwt.jwks_url``), if any."""

@@ -40,6 +40,7 @@ from securews.limits.memory import (
 from securews.ops.alerts import AlertLogger
 from securews.ops.failures import FailureLog
 from securews.ops.metrics import Metrics
+from securews.policy._sessions import SessionIndex, token_facts
 from securews.rules.actions import (
     AdmissionRules,
     Authenticated,
@@ -51,6 +52,7 @@ from securews.rules.actions import (
     Unavailable,
     Vouched,
 )
+from securews.rules.cluster import digest
 from securews.rules.config import Config
 from securews.rules.counters import Lease
 from securews.rules.head import Refusal
@@ -156,6 +158,8 @@ class Policy:
             shared_rate=self.shared_rate is not None,
         )
         self.connections: set[Any] = set()
+        #: The open sessions, by whose credential they run on.
+        self.sessions = SessionIndex()
         self._listening = 0
         self.open_sessions = 0
         self.metrics = Metrics(connections=lambda: len(self.connections),
@@ -264,15 +268,39 @@ class Policy:
     def revoked(self, principal: Credential) -> Deferred[bool]:
         """:class:`~securews.rules.actions.CheckRevoked` (the ticket
         endpoint: revocation without a session place)."""
-        jti, issued_at = _token_facts(principal)
+        jti, issued_at = token_facts(principal)
         return self.revocations.revoked(principal.id, jti, issued_at)
 
     def vouch(self, principal: Credential) -> Deferred[Vouched]:
         """:class:`~securews.rules.actions.Vouch`, by the gate: revoked are
         the principal (every credential issued before) or its token by
         ``jti`` (claims of the wrong type count as absent)."""
-        jti, issued_at = _token_facts(principal)
+        jti, issued_at = token_facts(principal)
         return self.gate.vouch(principal.id, jti, issued_at)
+
+    # -- revocation ----------------------------------------------------------
+
+    def revoke(self, *, principal: str | None = None, jti: str | None = None,
+               until: float) -> Deferred[int]:
+        """
+        Revoke ``principal`` (every credential issued to it until now) or
+        the token ``jti``, until ``until`` (when it would have expired
+        anyway): new handshakes with it are refused (401 ``revoked``), and
+        this node's open sessions on it are closed (4401 "credential
+        revoked"); a cluster's other nodes close theirs when they read the
+        announcement.
+
+        :returns: a Deferred firing with how many sessions this node closed.
+        """
+        d = self.revocations.revoke(principal, jti, until=until)
+
+        def revoked(_: object) -> int:
+            kind, what = (("principal", principal) if principal is not None
+                          else ("jti", jti))
+            assert what is not None
+            return self.sessions.end_revoked(kind, digest(what), self.clock.seconds())
+
+        return d.addCallback(revoked)
 
     # -- records -----------------------------------------------------------
 
@@ -308,18 +336,6 @@ class Policy:
     def _ticket_count(self) -> int | None:
         book = getattr(self.ticket_store, "book", None)
         return None if book is None else len(book)
-
-
-def _token_facts(principal: Credential) -> tuple[str | None, float | None]:
-    """The ``jti`` and ``iat`` claims revocation reads (claims of the wrong
-    type count as absent)."""
-    jti = principal.claims.get("jti")
-    issued_at = principal.claims.get("iat")
-    if not isinstance(jti, str):
-        jti = None
-    if not isinstance(issued_at, int | float) or isinstance(issued_at, bool):
-        issued_at = None
-    return jti, issued_at
 
 
 def build_policy(config: Config, clock: Any, *,

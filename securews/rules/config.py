@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from securews.rules.cluster import ClusterSettings
 from securews.rules.settings import (
     AdminSettings,
     AlertsSettings,
@@ -96,6 +97,7 @@ class Config:
     messages: MessagesSettings = attrs.field(factory=MessagesSettings)
     admin: AdminSettings = attrs.field(factory=AdminSettings)
     alerts: AlertsSettings = attrs.field(factory=AlertsSettings)
+    cluster: ClusterSettings = attrs.field(factory=ClusterSettings)
     dev: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -143,6 +145,9 @@ class Config:
         if self.auth.ticket.issue_path == self.server.path:
             raise ConfigError("must differ from server.path",
                               key="auth.ticket.issue_path")
+        if self.cluster.ca_file and not (
+                self.cluster.enabled and self.cluster.engine.tls):
+            raise ConfigError("is for rediss:// engines only", key="cluster.ca_file")
         if "ticket" in self.auth.methods and not (
                 {"jwt", "cookie"} & set(self.auth.methods)):
             raise ConfigError(
@@ -175,6 +180,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "messages": MessagesSettings,
     "admin": AdminSettings,
     "alerts": AlertsSettings,
+    "cluster": ClusterSettings,
 }
 
 #: Tables inside tables: ``[auth.jwt]`` and friends.

@@ -370,6 +370,9 @@ class AdminSettings:
     listen: str = ""
     allow_non_loopback: bool = False
     hosts: tuple[str, ...] = attrs.field(default=())
+    #: The bearer token of the endpoints that change state (``POST
+    #: /revoke``); without it they do not exist.
+    token_file: str = ""
 
     @hosts.validator
     def _check_hosts(self, a: attrs.Attribute[Any], value: tuple[str, ...]) -> None:

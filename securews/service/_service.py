@@ -17,11 +17,15 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
+from twisted.web.resource import Resource
 
 from securews.auth.interfaces import IAuthenticator
 from securews.ops.systemd import Notifier, watchdog_service
+from securews.policy import build_policy
 from securews.rules.config import Config
 from securews.service.admin import Readiness, admin_service
+from securews.service.admin_actions import RevokeResource, read_token
+from securews.service.cluster import cluster_node
 from securews.service.listener import ListeningService
 from securews.service.reload import CertificateReloadService
 from securews.wire.factory import SecureServerFactory
@@ -61,6 +65,7 @@ class SecureWebSocketService(MultiService):
         self.notifier = Notifier({}) if notifier is None else notifier
         self.admin: IService | None = None
         self.reloader: IService | None = None
+        self.cluster: IService | None = None
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def setServiceParent(self, parent: Any) -> None:
@@ -103,10 +108,11 @@ class SecureWebSocketService(MultiService):
         self.notifier.stopping()
         self.readiness.draining = True
         self.log.info("securews stopping: no new connections", event="shutdown")
-        # MultiService.stopService, minus the admin listener and the SIGHUP
-        # handler: they stop last, after the drain.
+        # MultiService.stopService, minus the cluster membership, the admin
+        # listener and the SIGHUP handler: they stop last, after the drain
+        # (the sessions give their places back in the cluster as they end).
         Service.stopService(self)
-        last = [s for s in (self.reloader, self.admin) if s is not None]
+        last = [s for s in (self.cluster, self.reloader, self.admin) if s is not None]
         d: Deferred[Any] = DeferredList([
             maybeDeferred(child.stopService)
             for child in reversed(list(self)) if child not in last])
@@ -145,8 +151,17 @@ def build_service(config: Config, reactor: Any, *,
     :raises ConfigError: for a bad app, endpoint or TLS file, or an
         ``[admin]`` listener that is not allowed.
     """
-    factory = SecureServerFactory(config, protocol=protocol,
-                                  authenticator=authenticator, reactor=reactor)
+    cluster = None
+    if config.cluster.enabled:
+        cluster = cluster_node(config, reactor)
+        policy = build_policy(config, reactor, authenticator=authenticator,
+                              ticket_store=cluster.tickets, shared=cluster.shared())
+        cluster.serve(policy)
+        factory = SecureServerFactory(policy=policy, protocol=protocol,
+                                      reactor=reactor)
+    else:
+        factory = SecureServerFactory(config, protocol=protocol,
+                                      authenticator=authenticator, reactor=reactor)
     endpoint = server_endpoint(reactor, config.server.listen)
     context = server_context(config.tls) if config.tls.enabled else None
     listener = ListeningService(endpoint, listening_factory(factory, context))
@@ -154,7 +169,19 @@ def build_service(config: Config, reactor: Any, *,
         None if context is None
         else lambda: context.credentials.leaf.not_valid_after_utc)
     service = SecureWebSocketService(config, factory, listener, observer, notifier)
-    admin = admin_service(config.admin, factory.metrics, service.readiness, reactor)
+    if cluster is not None:
+        # Connecting before the listener starts: handshakes that come first
+        # are refused 503 until the engine is up.
+        service.cluster = cluster
+        service.readiness.cluster = cluster
+        factory.metrics.watch_engine(lambda: cluster.ready)
+        service.addService(cluster)  # type: ignore[no-untyped-call]
+    token = read_token(config.admin.token_file)
+    actions: dict[bytes, Resource] = {}
+    if token is not None:
+        actions[b"revoke"] = RevokeResource(factory.policy, token)
+    admin = admin_service(config.admin, factory.metrics, service.readiness, reactor,
+                          actions)
     if admin is not None:
         service.admin = admin
         admin.setServiceParent(service)

@@ -5,9 +5,11 @@ public port.
 Three read-only pages: ``GET /metrics`` (the Prometheus text format of
 :class:`~securews.ops.metrics.Metrics`), ``GET /healthz`` (the process is
 alive: always 200) and ``GET /readyz`` (200 while the public listener is
-listening and the server is not draining, else 503).  ``HEAD`` works
-too; any other method is 405 and any other path 404, with fixed bodies
-that echo nothing from the request.  Nothing here changes state.
+listening, the cluster's engine (if any) is up and the server is not
+draining, else 503).  ``HEAD`` works too; any other method is 405 and
+any other path 404, with fixed bodies that echo nothing from the
+request.  With ``admin.token_file``, the endpoints that change state
+(:mod:`securews.service.admin_actions`) exist too, behind its token.
 
 The pages have no authentication, so the listener refuses to start on
 anything but loopback (``127.0.0.0/8``, ``::1``) or a ``unix:`` socket
@@ -67,15 +69,22 @@ class Readiness:
 
     :ivar listening: the public listener is listening.
     :ivar draining: the server is stopping (sessions are being closed).
+    :ivar cluster: the node's membership of a cluster (its ``ready``: the
+        engine is up and this node's places are written), if any.
     """
 
     listening: bool = False
     draining: bool = False
+    cluster: Any = None
+
+    @property
+    def engine_up(self) -> bool:
+        return self.cluster is None or bool(self.cluster.ready)
 
     @property
     def ready(self) -> bool:
-        """Listening and not draining."""
-        return self.listening and not self.draining
+        """Listening, the engine up, and not draining."""
+        return self.listening and not self.draining and self.engine_up
 
 
 def _reply(request: Request, status: int, body: bytes,
@@ -140,17 +149,24 @@ class _Ready(_Page):
         state = self._readiness
         if state.ready:
             return 200, b"ready\n", _TEXT
-        return 503, (b"draining\n" if state.draining else b"not listening\n"), _TEXT
+        if state.draining:
+            return 503, b"draining\n", _TEXT
+        if not state.listening:
+            return 503, b"not listening\n", _TEXT
+        return 503, b"engine unavailable\n", _TEXT
 
 
 class AdminResource(Resource):
     """``/metrics``, ``/healthz`` and ``/readyz``; everything else is 404."""
 
-    def __init__(self, metrics: Metrics, readiness: Readiness) -> None:
+    def __init__(self, metrics: Metrics, readiness: Readiness,
+                 actions: dict[bytes, Resource] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.putChild(b"metrics", _Metrics(metrics))
         self.putChild(b"healthz", _Health())
         self.putChild(b"readyz", _Ready(readiness))
+        for name, resource in (actions or {}).items():
+            self.putChild(name, resource)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return _NotFound()
@@ -277,7 +293,8 @@ def non_loopback(endpoint: IStreamServerEndpoint) -> str | None:
 
 
 def admin_service(settings: AdminSettings, metrics: Metrics, readiness: Readiness,
-                  reactor: Any) -> IService | None:
+                  reactor: Any, actions: dict[bytes, Resource] | None = None
+                  ) -> IService | None:
     """
     The admin listener for ``[admin]``, not yet started.
 
@@ -306,6 +323,6 @@ def admin_service(settings: AdminSettings, metrics: Metrics, readiness: Readines
                   listen=settings.listen)
     hosts = (None if isinstance(endpoint, UNIXServerEndpoint)
              else frozenset({"localhost", *settings.hosts}))
-    site = _QuietSite(AdminResource(metrics, readiness), reactor, hosts)
+    site = _QuietSite(AdminResource(metrics, readiness, actions), reactor, hosts)
     service = ListeningService(endpoint, site)
     return service

@@ -120,6 +120,8 @@ class SessionProtocol(PinnedOptionsProtocol):
         transport: Any = self.transport
         transport.registerProducer(self._gate, True)
         policy.open_sessions += 1
+        if principal is not None:
+            policy.sessions.opened(self, principal)
         self._schedule()
         self._call_app(self.onSessionOpen)
 
@@ -132,6 +134,7 @@ class SessionProtocol(PinnedOptionsProtocol):
             return
         self._opened = False
         self.policy.open_sessions -= 1
+        self.policy.sessions.closed(self)
         # The code the session ended with: ours when we started the close.
         by_server = self.closedByMe or (self.droppedByMe and not wasClean)
         self._metrics.session_closed(
@@ -212,6 +215,14 @@ class SessionProtocol(PinnedOptionsProtocol):
             self.sendCloseFrame(code=verdict.code,
                                 reasonUtf8=verdict.reason.encode("ascii"),
                                 isReply=False)
+
+    def end_session(self, close: Close) -> None:
+        """
+        Close the session with ``close`` (logged and counted) if it is
+        open: its credential was revoked, or this node is cut off from its
+        cluster.
+        """
+        self._act(close)
 
     def _renew(self) -> None:
         """
