@@ -99,6 +99,12 @@ def test_a_hung_engine_is_503_at_once_and_sessions_stay(cluster: Cluster) -> Non
     assert cluster.status(cluster.node("b"), token=token,
                           network=fresh_network()) == 101
     session.close()
+    for node in cluster.nodes:
+        # The outage is logged once when it starts and once when it ends,
+        # not once per refused request.
+        log = (node.directory / "securews.log").read_text()
+        assert log.count('"event":"engine_down"') == 1, node.name
+        assert log.count('"event":"engine_up"') == 2, node.name  # start, back
 
 
 def test_a_node_that_cannot_renew_closes_its_sessions_before_they_lapse(
