@@ -14,7 +14,8 @@ import attrs
 __all__ = ["SCRIPTS", "Script"]
 
 _NAMES = ("place_acquire", "place_release", "place_count", "renew", "rate_take",
-          "claim", "vouch", "revoked", "revoke", "ticket_issue", "ticket_redeem")
+          "claim", "vouch", "revoked", "revoke", "ticket_issue", "ticket_redeem",
+          "publish", "history")
 
 
 @attrs.frozen

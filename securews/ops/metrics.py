@@ -103,8 +103,8 @@ DROP_REASONS = frozenset({
 #: :mod:`securews.rules.validation`, slow consumers, an application hook that
 #: raised, and ``too_big`` for a frame or message over the size limits).
 CLOSE_CATEGORIES = frozenset({
-    "app_error", "bad_json", "bad_utf8", "binary", "credential_expired",
-    "credential_revoked", "dead_peer", "fenced",
+    "app_error", "bad_json", "bad_request", "bad_utf8", "binary",
+    "credential_expired", "credential_revoked", "dead_peer", "fenced", "forbidden",
     "fragments", "idle", "lifetime", "rate_limited", "schema", "slow_consumer",
     "too_big", "too_deep",
 })

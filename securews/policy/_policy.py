@@ -24,6 +24,8 @@ from securews.auth.interfaces import (
     Principal,
     TicketRejected,
 )
+from securews.channels.interfaces import IBroker
+from securews.channels.memory import MemoryBroker
 from securews.limits.gate import ComposedGate
 from securews.limits.interfaces import (
     IGate,
@@ -79,18 +81,21 @@ class Shared:
     :param revocations: revoked principals and tokens.
     :param gate: the handshake's two shared checks, each in one call; by
         default made of the four above (:class:`ComposedGate`).
+    :param broker: channels (publish/subscribe) across the nodes.
     """
 
     def __init__(self, *, connect_rate: IRateLimiter | None = None,
                  per_client: ISessionCounter | None = None,
                  per_principal: ISessionCounter | None = None,
                  revocations: IRevocations | None = None,
-                 gate: IGate | None = None) -> None:
+                 gate: IGate | None = None,
+                 broker: IBroker | None = None) -> None:
         self.connect_rate = connect_rate
         self.per_client = per_client
         self.per_principal = per_principal
         self.revocations = revocations
         self.gate = gate
+        self.broker = broker
 
 
 class Policy:
@@ -139,6 +144,10 @@ class Policy:
             rates.sessions_per_principal)
         self.capacity = MemorySessionCounter(config.server.max_connections)
         self.revocations = shared.revocations or MemoryRevocations(clock)
+        channels = config.channels
+        self.broker: IBroker = shared.broker or MemoryBroker(
+            clock, history_size=channels.history_size,
+            history_ttl=channels.history_ttl)
         self.gate: IGate = shared.gate or ComposedGate(
             per_client=self.per_client, per_principal=self.per_principal,
             revocations=self.revocations, rate=self.shared_rate)

@@ -189,3 +189,19 @@ class Keys:
 
     def revoked_token(self, jti_digest: str) -> str:
         return f"{self.prefix}revoked:jti:{jti_digest}"
+
+    def channel_meta(self, channel: str) -> str:
+        """A channel's epoch and offset (a hash)."""
+        return f"{self.prefix}ch:{channel}:meta"
+
+    def channel_history(self, channel: str) -> str:
+        """A channel's recent messages (a stream, ids by offset)."""
+        return f"{self.prefix}ch:{channel}:history"
+
+    def channel_topic(self, channel: str) -> str:
+        """The pub/sub channel a channel's messages travel on."""
+        return f"{self.prefix}ch:{channel}"
+
+    def probe(self, node: str) -> str:
+        """The pub/sub channel a node checks its own subscription with."""
+        return f"{self.prefix}probe:{node}"

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from securews.rules.channels import ChannelsSettings
 from securews.rules.cluster import ClusterSettings
 from securews.rules.settings import (
     AdminSettings,
@@ -98,6 +99,7 @@ class Config:
     admin: AdminSettings = attrs.field(factory=AdminSettings)
     alerts: AlertsSettings = attrs.field(factory=AlertsSettings)
     cluster: ClusterSettings = attrs.field(factory=ClusterSettings)
+    channels: ChannelsSettings = attrs.field(factory=ChannelsSettings)
     dev: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -145,6 +147,9 @@ class Config:
         if self.auth.ticket.issue_path == self.server.path:
             raise ConfigError("must differ from server.path",
                               key="auth.ticket.issue_path")
+        if self.server.app == "channels" and self.messages.format != "json":
+            raise ConfigError('the channels app speaks JSON: set format = "json"',
+                              key="messages.format")
         if self.cluster.ca_file and not (
                 self.cluster.enabled and self.cluster.engine.tls):
             raise ConfigError("is for rediss:// engines only", key="cluster.ca_file")
@@ -181,6 +186,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "admin": AdminSettings,
     "alerts": AlertsSettings,
     "cluster": ClusterSettings,
+    "channels": ChannelsSettings,
 }
 
 #: Tables inside tables: ``[auth.jwt]`` and friends.

@@ -24,7 +24,11 @@ from securews.ops.systemd import Notifier, watchdog_service
 from securews.policy import build_policy
 from securews.rules.config import Config
 from securews.service.admin import Readiness, admin_service
-from securews.service.admin_actions import RevokeResource, read_token
+from securews.service.admin_actions import (
+    PublishResource,
+    RevokeResource,
+    read_token,
+)
 from securews.service.cluster import cluster_node
 from securews.service.listener import ListeningService
 from securews.service.reload import CertificateReloadService
@@ -180,6 +184,7 @@ def build_service(config: Config, reactor: Any, *,
     actions: dict[bytes, Resource] = {}
     if token is not None:
         actions[b"revoke"] = RevokeResource(factory.policy, token)
+        actions[b"publish"] = PublishResource(factory.policy, token)
     admin = admin_service(config.admin, factory.metrics, service.readiness, reactor,
                           actions)
     if admin is not None:

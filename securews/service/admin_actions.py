@@ -1,5 +1,6 @@
 """
-The admin listener's endpoints that change state: ``POST /revoke``.
+The admin listener's endpoints that change state: ``POST /revoke`` and
+``POST /publish``.
 
 They exist only with ``admin.token_file`` set, and answer only requests
 carrying its token (``Authorization: Bearer ...``, compared in constant
@@ -25,13 +26,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from securews.limits.memory import RevocationsFull
 from securews.policy import Policy
+from securews.rules.channels import Position, valid_name
 from securews.rules.config import ConfigError
 
-__all__ = ["MAX_BODY", "RevokeResource", "read_token"]
+__all__ = ["MAX_BODY", "PublishResource", "RevokeResource", "read_token"]
 
 _log = Logger(namespace="securews.admin")
 _JSON = b"application/json"
-#: Largest request body accepted.
+#: Largest request body accepted (a publish carries a message).
 MAX_BODY = 4096
 #: Longest principal id or token id a revocation names.
 MAX_ID = 512
@@ -83,13 +85,13 @@ def authorised(request: Request, token: bytes) -> bool:
     return scheme.lower() == b"bearer" and hmac.compare_digest(offered.strip(), token)
 
 
-def _body(request: Request) -> dict[str, Any] | str:
+def _body(request: Request, limit: int = MAX_BODY) -> dict[str, Any] | str:
     """The JSON object in the body, or why not."""
     content = request.content
     if content is None:
         return "empty body"
-    raw = content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
+    raw = content.read(limit + 1)
+    if len(raw) > limit:
         return "body too large"
     try:
         document = json.loads(raw)
@@ -100,7 +102,65 @@ def _body(request: Request) -> dict[str, Any] | str:
     return document
 
 
-class RevokeResource(Resource):
+class _Action(Resource):
+    """POST only, with the admin token."""
+
+    isLeaf = True
+
+    def __init__(self, policy: Policy, token: bytes) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._policy = policy
+        self._token = token
+
+    def refusal(self, request: Request) -> bytes | None:
+        if request.postpath:
+            return _answer(request, 404, {"error": "not found"})
+        if request.method != b"POST":
+            request.responseHeaders.setRawHeaders(b"allow", [b"POST"])
+            return _answer(request, 405, {"error": "method not allowed"})
+        if not authorised(request, self._token):
+            request.responseHeaders.setRawHeaders(b"www-authenticate", [b"Bearer"])
+            return _answer(request, 401, {"error": "bearer token required"})
+        return None
+
+
+class PublishResource(_Action):
+    """
+    ``POST /publish`` with ``{"channel": NAME, "data": ANY}``: a trusted
+    backend publishes to a channel (its subscribers on every node get it).
+    Answers 202 ``{"channel", "epoch", "offset"}``, 400 for a bad request,
+    401 without the token, 503 when the broker cannot take it.
+    """
+
+    def render(self, request: Request) -> bytes | int:
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
+        document = _body(request, self._policy.config.limits.max_message_size)
+        if isinstance(document, str):
+            return _answer(request, 400, {"error": document})
+        if set(document) != {"channel", "data"}:
+            return _answer(request, 400, {"error": "give channel and data, only"})
+        channel = document["channel"]
+        if not valid_name(channel):
+            return _answer(request, 400, {"error": "channel is not a valid name"})
+        data = json.dumps(document["data"], separators=(",", ":"), ensure_ascii=False)
+        d = self._policy.broker.publish(channel, data)
+
+        def done(position: Position) -> None:
+            _finish(request, 202, {"channel": channel, "epoch": position.epoch,
+                                   "offset": position.offset})
+
+        def failed(failure: Failure) -> None:
+            _log.error("a publish could not be made ({error})", event="publish",
+                       error=failure.type.__name__ if failure.type else "?")
+            _finish(request, 503, {"error": "channels unavailable"})
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
+class RevokeResource(_Action):
     """
     ``POST /revoke`` with ``{"principal": ID}`` or ``{"jti": ID}``, and
     ``"until"``: the Unix time until which it holds (when the credential
@@ -111,22 +171,10 @@ class RevokeResource(Resource):
     when the revocation could not be stored (nothing was revoked then).
     """
 
-    isLeaf = True
-
-    def __init__(self, policy: Policy, token: bytes) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._policy = policy
-        self._token = token
-
     def render(self, request: Request) -> bytes | int:
-        if request.postpath:
-            return _answer(request, 404, {"error": "not found"})
-        if request.method != b"POST":
-            request.responseHeaders.setRawHeaders(b"allow", [b"POST"])
-            return _answer(request, 405, {"error": "method not allowed"})
-        if not authorised(request, self._token):
-            request.responseHeaders.setRawHeaders(b"www-authenticate", [b"Bearer"])
-            return _answer(request, 401, {"error": "bearer token required"})
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
         document = _body(request)
         if isinstance(document, str):
             return _answer(request, 400, {"error": document})

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from securews.cluster.broker import RedisBroker
 from securews.cluster.engine import Engine
 from securews.cluster.places import (
     LeaseBook,
@@ -102,6 +103,10 @@ class ClusterNode(Service):
         self.tickets = RedisTicketStore(engine, ttl=ticket.ttl,
                                         max_outstanding=ticket.max_outstanding,
                                         bind_ip=ticket.bind_ip)
+        channels = config.channels
+        self.broker = RedisBroker(engine, history_size=channels.history_size,
+                                  history_ttl=channels.history_ttl,
+                                  probe_interval=channels.probe_interval)
         self.feed = ControlFeed(engine, engine.endpoint,
                                 lambda proto: engine.introduce(proto, "feed"),
                                 self._announced)
@@ -113,7 +118,9 @@ class ClusterNode(Service):
 
     @property
     def ready(self) -> bool:
-        return self.engine.up
+        """The engine is up (this node's places written) and the channel
+        subscription hears its own probes."""
+        return self.engine.up and self.broker.ready()
 
     def shared(self) -> Shared:
         """The policy's backends: the engine's."""
@@ -122,7 +129,8 @@ class ClusterNode(Service):
                           self.book, "network", self.gate.per_client),
                       per_principal=RedisSessionCounter(
                           self.book, "principal", self.gate.per_principal),
-                      revocations=self.revocations, gate=self.gate)
+                      revocations=self.revocations, gate=self.gate,
+                      broker=self.broker)
 
     def serve(self, policy: Policy) -> None:
         """The policy whose sessions revocations and fencing close."""
@@ -141,6 +149,7 @@ class ClusterNode(Service):
         super().startService()  # type: ignore[no-untyped-call]
         self.engine.start()
         self.feed.start()
+        self.broker.start()
         self._renewed_at = self.reactor.seconds()
         self._schedule_renewal()
 
@@ -152,6 +161,7 @@ class ClusterNode(Service):
         # What this node held is given back by its sessions' ends; what is
         # left lapses with its lease.
         return DeferredList([maybeDeferred(self.feed.stop),
+                             maybeDeferred(self.broker.stop),
                              maybeDeferred(self.engine.stop)])
 
     # -- renewal and fencing -------------------------------------------------

@@ -24,7 +24,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securews.auth.interfaces import Principal
+from securews.channels.membership import Membership
 from securews.policy import Policy
+from securews.rules.channels import grants_of
 from securews.rules.codes import Close, CloseCode
 from securews.rules.session import CREDENTIAL_EXPIRED, Drop, Ping, Renew, SessionGuard
 from securews.wire._options import PinnedOptionsProtocol
@@ -52,6 +54,7 @@ class SessionProtocol(PinnedOptionsProtocol):
     _deaf = False
     _close_timer: IDelayedCall | None = None
     _write_limit = 0
+    _membership: Membership | None = None
     logOctets: bool  # an Autobahn option, copied from the factory
     policy: Policy  # HandshakeProtocol's
 
@@ -85,6 +88,27 @@ class SessionProtocol(PinnedOptionsProtocol):
 
     def onWriteResumed(self) -> None:
         """The transport drained its buffer; sending may resume."""
+
+    def join_channels(self) -> Membership:
+        """
+        This session's channels (:class:`~securews.channels.Membership`):
+        subscribe it to channels and publish, within what its principal's
+        ``channels`` claim grants, with recovery; on every node of a
+        cluster.  Made at the first call, closed with the session.
+        """
+        if self._membership is None:
+            principal: Any = getattr(self, "principal", None)
+            claims = getattr(principal, "claims", {}) or {}
+            policy = self.policy
+            self._membership = Membership(
+                policy.broker, grants_of(claims, getattr(principal, "id", "")),
+                self._send_text,
+                max_subscriptions=policy.config.channels.max_subscriptions)
+        return self._membership
+
+    def _send_text(self, text: str) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(text.encode("utf-8"), False)  # type: ignore[no-untyped-call]
 
     @property
     def write_paused(self) -> bool:
@@ -135,6 +159,8 @@ class SessionProtocol(PinnedOptionsProtocol):
         self._opened = False
         self.policy.open_sessions -= 1
         self.policy.sessions.closed(self)
+        if self._membership is not None:
+            self._membership.close()
         # The code the session ended with: ours when we started the close.
         by_server = self.closedByMe or (self.droppedByMe and not wasClean)
         self._metrics.session_closed(

@@ -18,7 +18,8 @@ __all__ = ["BUILTIN", "load_app"]
 
 #: The built-in applications, by name; imported only when named (the
 #: apps package sits above this layer).
-BUILTIN = {"echo": "securews.apps.echo:EchoProtocol"}
+BUILTIN = {"echo": "securews.apps.echo:EchoProtocol",
+           "channels": "securews.apps.channels:ChannelsProtocol"}
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
