@@ -25,7 +25,7 @@ import secrets
 from typing import Any
 
 import attrs
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from securews.channels.interfaces import IBroker, Listener
-from securews.cluster.engine import Engine
+from securews.cluster.engine import Engine, retry_policy
 from securews.cluster.scripts import SCRIPTS
 from securews.rules.channels import History, Position
 
@@ -92,7 +92,7 @@ class RedisBroker:
         self._probe_topic = engine.keys.probe(engine.node)
         self._service = ClientService(
             engine.endpoint, Factory.forProtocol(lambda: _subscriber_protocol(self)),
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0),
+            retryPolicy=retry_policy(),
             clock=engine.reactor, prepareConnection=self._subscribed_again)
         self._proto: Any = None
         self._probe_timer: IDelayedCall | None = None

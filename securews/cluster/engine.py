@@ -24,6 +24,7 @@ no reply from the engine.
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securews.cluster.scripts import SCRIPTS, Script
+from securews.rules.actions import Unavailable
 from securews.rules.cluster import ClusterSettings, EngineAddress, Keys
 
 __all__ = ["Engine", "EngineMisconfigured", "EngineUnavailable", "engine_endpoint"]
@@ -60,8 +62,13 @@ _log = Logger(namespace="securews.cluster")
 PROBE_INTERVAL = 0.5
 
 
-class EngineUnavailable(Exception):
-    """The engine did not answer in time, or cannot be reached."""
+class EngineUnavailable(Unavailable):
+    """The engine did not answer in time, or cannot be reached (wherever it
+    happens during admission, an authenticator included: 503)."""
+
+
+class NodeIdInUse(Exception):
+    """Another live process runs under this node id."""
 
 
 class EngineMisconfigured(Exception):
@@ -76,11 +83,26 @@ def engine_endpoint(reactor: Any, address: EngineAddress, timeout: float,
     endpoint: IStreamClientEndpoint = HostnameEndpoint(
         reactor, address.host.encode("idna"), address.port, timeout=timeout)
     if address.tls:
-        root = (ssl.Certificate.loadPEM(Path(ca_file).read_bytes()) if ca_file
-                else ssl.platformTrust())
+        root = (ssl.trustRootFromCertificates(_certificates(Path(ca_file)))
+                if ca_file else ssl.platformTrust())
         options = ssl.optionsForClientTLS(address.host, trustRoot=root)
         endpoint = wrapClientTLS(options, endpoint)
     return endpoint
+
+
+def retry_policy() -> Callable[[int], float]:
+    """Reconnection: 50 ms at first, up to 1 s, a little jitter (Twisted's
+    default jitter alone adds up to a second to every reconnection)."""
+    return backoffPolicy(initialDelay=0.05, maxDelay=1.0,
+                         jitter=lambda: random.uniform(0, 0.05))  # noqa: S311
+
+
+def _certificates(path: Path) -> list[ssl.Certificate]:
+    """Every certificate of a PEM bundle (a CA file may hold several)."""
+    text = path.read_bytes()
+    marker = b"-----END CERTIFICATE-----"
+    return [ssl.Certificate.loadPEM(block + marker)
+            for block in text.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
 
 
 def _protocol() -> Any:
@@ -110,6 +132,9 @@ class Engine:
         self.reactor = reactor
         self.node = node
         self.keys = Keys(settings.key_prefix)
+        #: This process, among the nodes: two live processes with one node
+        #: id would overwrite each other's places (see renewals).
+        self.instance = secrets.token_hex(8)
         self.timeout = settings.timeout
         self._password = password
         address = settings.engine
@@ -118,8 +143,8 @@ class Engine:
             reactor, address, settings.timeout, settings.ca_file)
         self._service = ClientService(
             self.endpoint, Factory.forProtocol(_protocol),
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0),
-            clock=reactor, prepareConnection=self._prepare)
+            retryPolicy=retry_policy(), clock=reactor,
+            prepareConnection=self._prepare)
         self.up = False
         self.misconfigured: str | None = None
         self.epoch: str | None = None
@@ -134,6 +159,8 @@ class Engine:
         self._recovering: Deferred[Any] | None = None
         self._proto: Any = None
         self._up_waiters: list[Deferred[None]] = []
+        self._lost_data = False
+        self._id_in_use = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -152,11 +179,19 @@ class Engine:
         return d
 
     def stop(self) -> Deferred[None]:
+        """Give this node id back (if the engine answers), then disconnect."""
         self._running = False
         if self._probe is not None and self._probe.active():
             self._probe.cancel()
         self._probe = None
-        d: Deferred[None] = self._service.stopService()
+        if self.up:
+            given: Deferred[Any] = self.script(
+                SCRIPTS["unregister"], [self.keys.node(self.node)], ["", self.instance])
+            given.addErrback(lambda _: None)
+        else:
+            given = succeed(None)
+        self.up = False
+        d: Deferred[None] = given.addCallback(lambda _: self._service.stopService())
         return d
 
     # -- calls -------------------------------------------------------------
@@ -170,7 +205,7 @@ class Engine:
         """
         if not (self.up or recovering):
             return fail(EngineUnavailable())
-        return self._call(args)
+        return self._call(args, recovering)
 
     def script(self, script: Script, keys: Sequence[str],
                args: Sequence[bytes | str | int | float], *,
@@ -179,10 +214,15 @@ class Engine:
         return self.call("EVALSHA", script.sha, len(keys), *keys, *args,
                          recovering=recovering)
 
-    def _call(self, args: Sequence[object]) -> Deferred[Any]:
+    def _call(self, args: Sequence[object], recovering: bool = True) -> Deferred[Any]:
         d: Deferred[Any] = self._service.whenConnected(failAfterFailures=1)
 
         def send(proto: Any) -> Deferred[Any]:
+            # Asked while up, the engine may have gone down meanwhile (a
+            # new connection found it without its data): only recovery
+            # goes on then, before the node's places are written again.
+            if not (self.up or recovering):
+                raise EngineUnavailable()
             answer: Deferred[Any] = proto.execute_command(*args)
             return answer
 
@@ -199,12 +239,21 @@ class Engine:
     def _failed(self, failure: Failure) -> Failure:
         import txredisapi
 
+        if failure.check(EngineUnavailable):
+            return failure
         if failure.check(txredisapi.ResponseError):
-            if "NOSCRIPT" in str(failure.value):
+            error = str(failure.value).split(" ", 1)[0]
+            if error == "NOSCRIPT":
                 # The engine's scripts were flushed: a new connection loads
                 # them again.
                 self._drop_connection()
                 self.went_down("scripts lost")
+            elif error in _UNUSABLE:
+                # A read-only replica (after a failover), out of memory,
+                # loading, a busy script: nothing can be written there; a
+                # new connection finds the primary (or waits for it).
+                self._drop_connection()
+                self.went_down(error)
             else:
                 # A refused command (a bug, a wrong type): this request
                 # fails, the engine is not down.
@@ -244,6 +293,8 @@ class Engine:
         d = self.introduce(proto, "calls")
         d.addCallback(send, "INFO", "memory")
         d.addCallback(self._check_info)
+        d.addCallback(send, "ROLE")
+        d.addCallback(self._check_role)
         for script in SCRIPTS.values():
             d.addCallback(send, "SCRIPT", "LOAD", script.source)
         d.addCallback(send, "GET", self.keys.epoch)
@@ -258,19 +309,45 @@ class Engine:
 
     def _epoch_on_connect(self, current: bytes | None) -> None:
         """A new connection to an engine that lost its data (a quick
-        restart, noticed by no failed call): down until reasserted."""
+        restart, noticed by no failed call): down now, before any waiting
+        call gets this connection, until this node has reasserted."""
         if self.epoch is not None and (current is None
                                        or current.decode() != self.epoch):
-            self.reactor.callLater(0, self.went_down, "engine restarted")
+            self.went_down("engine restarted")
+
+    def _check_role(self, role: Any) -> None:
+        if isinstance(role, list) and role and role[0] not in (b"master", "master"):
+            raise EngineMisconfigured("a replica, not the primary")
+
+    def check_policy(self) -> Deferred[None]:
+        """
+        Check again that the engine may not evict keys (someone could
+        ``CONFIG SET`` it while the node runs): if it may now, the engine
+        counts as down, logged once, until it is set back.
+        """
+        d = self.call("INFO", "memory")
+
+        def checked(info: bytes) -> None:
+            try:
+                self._check_info(info)
+            except EngineMisconfigured:
+                self._drop_connection()
+                self.went_down("maxmemory-policy")
+
+        return d.addCallback(checked)
 
     def _check_info(self, info: bytes) -> None:
         policy = _info_field(info, b"maxmemory_policy")
         if policy != b"noeviction":
             shown = policy.decode("ascii", "replace") if policy else "unknown"
-            self.misconfigured = (
-                f"{self._address}: maxmemory-policy is {shown}; securews needs "
-                "noeviction (an evicted limit key silently lifts a limit)")
-            raise EngineMisconfigured(self.misconfigured)
+            problem = (f"{self._address}: maxmemory-policy is {shown}; securews "
+                       "needs noeviction (an evicted limit key silently lifts a "
+                       "limit)")
+            if problem != self.misconfigured:
+                _log.error("{problem}: new handshakes are refused 503",
+                           event="engine_misconfigured", problem=problem)
+            self.misconfigured = problem
+            raise EngineMisconfigured(problem)
         self.misconfigured = None
 
     # -- down and up ---------------------------------------------------------
@@ -297,6 +374,7 @@ class Engine:
             return
         d = self._call(("GET", self.keys.epoch))
         d.addCallback(self._epoch_seen)
+        d.addCallback(lambda _: self._register())
         d.addCallback(lambda _: self._recover())
         self._recovering = d
 
@@ -304,6 +382,11 @@ class Engine:
             self._recovering = None
             if isinstance(result, Failure):
                 self._schedule_probe(PROBE_INTERVAL)
+            elif self._lost_data:
+                # The other nodes reassert their places as they reconnect:
+                # admitting before they have would count without them.
+                self._lost_data = False
+                self.reactor.callLater(self.settings.lease / 3, self._came_up)
             else:
                 self._came_up()
 
@@ -318,6 +401,7 @@ class Engine:
         if current is not None and current.decode() == self.epoch:
             return None
         if self.epoch is not None:
+            self._lost_data = True
             _log.warn("engine {engine} lost its data (new epoch): this node "
                       "reasserts its places", event="engine_epoch",
                       engine=str(self._address))
@@ -327,12 +411,39 @@ class Engine:
         d.addCallback(lambda value: setattr(self, "epoch", value.decode()))
         return d
 
+    def _register(self) -> Deferred[None]:
+        """
+        Take this node id for this process (for a lease; each renewal
+        extends it) before counting as up: two live processes under one id
+        would overwrite each other's shares of every count.  While another
+        holds it, this node stays down, says so once, and tries again.
+        """
+        lease_ms = int(self.settings.lease * 1000)
+        d = self._call(("SET", self.keys.node(self.node), self.instance,
+                        "NX", "GET", "PX", lease_ms))
+
+        def taken(previous: bytes | None) -> None:
+            if previous is None or previous.decode() == self.instance:
+                self._id_in_use = False
+                return
+            if not self._id_in_use:
+                self._id_in_use = True
+                _log.error("node id {node} is in use by another live process: "
+                           "this one stays unavailable until it is free (give "
+                           "each node its own cluster.node_id)",
+                           event="node_id_in_use", node=self.node)
+            raise NodeIdInUse(self.node)
+
+        return d.addCallback(taken)
+
     def _recover(self) -> Deferred[Any]:
         if self.on_recovered is None:
             return succeed(None)
         return maybeDeferred(self.on_recovered)
 
     def _came_up(self) -> None:
+        if self.up or not self._running:
+            return
         self.up = True
         if self._down_since is not None:
             _log.info("engine {engine} available again after {seconds:.1f} s",
@@ -356,6 +467,11 @@ def _send(_: object, proto: Any, *command: object) -> Deferred[Any]:
 
 def _engine_time() -> str:
     return ""
+
+
+#: Error replies meaning nothing can be done on this engine now.
+_UNUSABLE = frozenset({"READONLY", "OOM", "LOADING", "MASTERDOWN", "BUSY",
+                       "NOREPLICAS", "CLUSTERDOWN"})
 
 
 def _info_field(info: bytes, name: bytes) -> bytes | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,7 +30,8 @@ from securews.rules.actions import Claimed, Vouched
 from securews.rules.cluster import digest
 from securews.rules.counters import Lease
 
-__all__ = ["LeaseBook", "RedisGate", "RedisRateLimiter", "RedisSessionCounter"]
+__all__ = ["LeaseBook", "RedisGate", "RedisRateLimiter", "RedisSessionCounter",
+           "Renewed"]
 
 #: (count key, leases key): one count in the engine.
 Pair = tuple[str, str]
@@ -68,35 +70,63 @@ class LeaseBook:
             self.held.pop(pair, None)
             self._emptied.add(pair)
 
-    def renew(self, *, recovering: bool = False) -> Deferred[str | None]:
+    def renew(self, *, recovering: bool = False) -> Deferred[Renewed]:
         """
-        Write every share this node holds and extend its lease; fires with
-        the engine's epoch (as the last batch saw it).
+        Write every share this node holds and extend its lease, a batch
+        at a time, each batch's counts read when it is sent (a place taken
+        meanwhile is in them: never written back as it was before).
         """
-        entries: list[tuple[Pair, int]] = [*self.held.items(),
-                                           *((p, 0) for p in self._emptied)]
+        pairs = [*self.held, *self._emptied]
         written = set(self._emptied)
-        batches = [entries[i:i + RENEW_BATCH]
-                   for i in range(0, len(entries), RENEW_BATCH)] or [[]]
+        batches = [pairs[i:i + RENEW_BATCH]
+                   for i in range(0, len(pairs), RENEW_BATCH)] or [[]]
         engine = self.engine
+        keys = engine.keys
         lease_ms = int(engine.settings.lease * 1000)
         d: Deferred[Any] = Deferred()
         d.callback(None)
 
-        def write(_: object, keys: list[str], args: list[str | int]) -> Deferred[Any]:
-            return engine.script(SCRIPTS["renew"], keys, args, recovering=recovering)
+        def write(previous: object, batch: list[Pair]) -> Deferred[Any] | object:
+            if isinstance(previous, Renewed) and previous.owner is not None:
+                return previous  # another process holds this node id: stop
+            counts = [self.held.get(pair, 0) for pair in batch]
+            names = [keys.epoch, keys.node(engine.node),
+                     *(k for pair in batch for k in pair)]
+            args = [engine.time_arg(), engine.node, lease_ms, engine.instance, *counts]
+            return engine.script(SCRIPTS["renew"], names, args,
+                                 recovering=recovering).addCallback(_renewed)
 
         for batch in batches:
-            keys = [engine.keys.epoch, *(k for pair, _ in batch for k in pair)]
-            args: list[str | int] = [engine.time_arg(), engine.node, lease_ms,
-                                     *(count for _, count in batch)]
-            d.addCallback(write, keys, args)
+            d.addCallback(write, batch)
 
-        def written_out(epoch: bytes | None) -> str | None:
-            self._emptied -= written
-            return None if epoch is None else epoch.decode()
+        def written_out(renewed: Renewed) -> Renewed:
+            if renewed.owner is None:
+                self._emptied -= written
+            return renewed
 
         return d.addCallback(written_out)
+
+
+@attrs.frozen
+class Renewed:
+    """
+    :ivar epoch: the engine's epoch, as the renewal saw it.
+    :ivar owner: another process registered under this node id (nothing
+        was written then).
+    """
+
+    epoch: str | None
+    owner: str | None = None
+
+
+def _renewed(reply: list[Any]) -> Renewed:
+    epoch, owner = reply[0], reply[1] if len(reply) > 1 else None
+    return Renewed(None if epoch is None else _text(epoch),
+                   None if owner is None else _text(owner))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _place(book: LeaseBook, pair: Pair) -> Lease:

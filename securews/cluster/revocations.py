@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from securews.cluster.engine import Engine, _protocol
+from securews.cluster.engine import Engine, _protocol, retry_policy
 from securews.cluster.scripts import SCRIPTS
 from securews.limits.interfaces import IRevocations
 from securews.rules.cluster import digest
@@ -110,7 +110,7 @@ class ControlFeed:
         self.deliver = deliver
         self._service = ClientService(
             endpoint, Factory.forProtocol(_protocol),
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0),
+            retryPolicy=retry_policy(),
             clock=engine.reactor, prepareConnection=prepare)
         self.last_id = "$"
         self._running = False

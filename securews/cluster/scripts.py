@@ -15,7 +15,7 @@ __all__ = ["SCRIPTS", "Script"]
 
 _NAMES = ("place_acquire", "place_release", "place_count", "renew", "rate_take",
           "claim", "vouch", "revoked", "revoke", "ticket_issue", "ticket_redeem",
-          "publish", "history")
+          "publish", "history", "unregister")
 
 
 @attrs.frozen

@@ -241,6 +241,10 @@ class Policy:
             return Authenticated(principal, self.clock.seconds())
 
         def failed(failure: Failure) -> Denied:
+            if failure.check(Unavailable):
+                # A shared store the authenticator asked (tickets in a
+                # cluster's engine) did not answer: 503, as for a limiter.
+                raise Unavailable()
             if failure.check(AmbiguousCredentials):
                 return Denied(Refusal(400, "ambiguous_credentials"))
             if failure.check(AuthenticationFailed):

@@ -166,6 +166,10 @@ class Keys:
         """The stream every node reads: revocations."""
         return f"{self.prefix}control"
 
+    def node(self, node: str) -> str:
+        """Which process runs under a node id (renewed with its places)."""
+        return f"{self.prefix}node:{node}"
+
     def rate(self, network: str) -> str:
         return f"{self.prefix}rate:{network}"
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from io import BytesIO
 from typing import Any
 
 import attrs
@@ -237,19 +238,90 @@ def host_allowed(header: bytes | None, names: frozenset[str] | None) -> bool | N
     return True
 
 
+_TOO_LARGE = (b"HTTP/1.1 413 Content Too Large\r\n"
+              b"Content-Type: application/json\r\nCache-Control: no-store\r\n"
+              b"Content-Length: 29\r\nConnection: close\r\n\r\n"
+              b'{"error": "body too large"}\r\n')
+#: After a 413, how long and how much more of the body is read and thrown
+#: away, so that the client reads the answer instead of a reset.
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 1 << 20
+
+
+class _BoundedRequest(Request):
+    """
+    A request whose body is refused as it arrives once it passes the
+    site's ``max_body``: twisted.web itself reads any body whole (to a
+    temporary file past 100 kB) before a resource sees it, so without this
+    anyone who can reach the listener could make it write gigabytes to
+    disk, token or not.  An announced length over the bound is refused
+    with the head; a chunked body when its sum passes it.
+    """
+
+    _refused = False
+    _received = 0
+
+    @property
+    def _site(self) -> _QuietSite:
+        site: _QuietSite = self.channel.site  # type: ignore[attr-defined]
+        return site
+
+    @property
+    def _transport(self) -> Any:
+        return self.channel.transport
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._site.max_body:
+            self.content = BytesIO()
+            self._refuse()
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._refused:
+            if self._received > _LINGER_BYTES:
+                self._transport.abortConnection()
+            return
+        if self._received > self._site.max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def _refuse(self) -> None:
+        """413, then the write side is closed and what still comes is read
+        and dropped for a moment (a close with unread bytes would be a
+        reset, which can destroy the answer before the client reads it)."""
+        self._refused = True
+        self._received = 0
+        transport = self._transport
+        transport.write(_TOO_LARGE)
+        transport.loseWriteConnection()
+        self._site.reactor.callLater(_LINGER_SECONDS, transport.abortConnection)
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()  # type: ignore[no-untyped-call]
+
+
 class _QuietSite(Site):
     """No access log line per request, no factory start/stop lines; only
-    ``Host`` values that name the listener are answered."""
+    ``Host`` values that name the listener are answered; bodies are bounded
+    (``max_body``)."""
 
     noisy = False
+    requestFactory = _BoundedRequest
 
     def __init__(self, resource: Resource, reactor: Any,
-                 hosts: frozenset[str] | None = frozenset({"localhost"})) -> None:
+                 hosts: frozenset[str] | None = frozenset({"localhost"}),
+                 max_body: int = 0) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             resource, reactor=reactor, timeout=_TIMEOUT,
             parsePOSTFormSubmission=False)
         self.displayTracebacks = False
         self._hosts = hosts
+        self.reactor = reactor
+        self.max_body = max_body
 
     def getResourceFor(self, request: Request) -> Resource:
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
@@ -323,6 +395,9 @@ def admin_service(settings: AdminSettings, metrics: Metrics, readiness: Readines
                   listen=settings.listen)
     hosts = (None if isinstance(endpoint, UNIXServerEndpoint)
              else frozenset({"localhost", *settings.hosts}))
-    site = _QuietSite(AdminResource(metrics, readiness, actions), reactor, hosts)
+    max_body = max((getattr(action, "max_body", 0)
+                    for action in (actions or {}).values()), default=0)
+    site = _QuietSite(AdminResource(metrics, readiness, actions), reactor, hosts,
+                      max_body)
     service = ListeningService(endpoint, site)
     return service

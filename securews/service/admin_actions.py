@@ -112,6 +112,12 @@ class _Action(Resource):
         self._policy = policy
         self._token = token
 
+    @property
+    def max_body(self) -> int:
+        """The largest body this endpoint reads: the listener refuses a
+        longer one (413) as it arrives, before anyone looks at a token."""
+        return MAX_BODY
+
     def refusal(self, request: Request) -> bytes | None:
         if request.postpath:
             return _answer(request, 404, {"error": "not found"})
@@ -132,11 +138,15 @@ class PublishResource(_Action):
     401 without the token, 503 when the broker cannot take it.
     """
 
+    @property
+    def max_body(self) -> int:
+        return self._policy.config.limits.max_message_size
+
     def render(self, request: Request) -> bytes | int:
         refused = self.refusal(request)
         if refused is not None:
             return refused
-        document = _body(request, self._policy.config.limits.max_message_size)
+        document = _body(request, self.max_body)
         if isinstance(document, str):
             return _answer(request, 400, {"error": document})
         if set(document) != {"channel", "data"}:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,15 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from securews.cluster.broker import RedisBroker
-from securews.cluster.engine import Engine
+from securews.cluster.engine import Engine, NodeIdInUse
 from securews.cluster.places import (
     LeaseBook,
     RedisGate,
     RedisRateLimiter,
     RedisSessionCounter,
+    Renewed,
 )
 from securews.cluster.preflight import check_engine
 from securews.cluster.revocations import ControlFeed, RedisRevocations, Revoked
@@ -49,9 +50,10 @@ _log = Logger(namespace="securews.cluster")
 
 
 def default_node_id() -> str:
-    """``hostname-pid``, in the characters a node id may hold."""
-    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:48] or "node"
-    return f"{host}-{os.getpid()}"
+    """``hostname-pid-random``, in the characters a node id may hold (the
+    random part: two containers sharing a host name both run as pid 1)."""
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:40] or "node"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def read_password(path: str) -> str | None:
@@ -114,6 +116,7 @@ class ClusterNode(Service):
         self._renewal: IDelayedCall | None = None
         self._renewed_at: float | None = None
         self._fenced = False
+        self._fence_timer: IDelayedCall | None = None
         engine.on_recovered = self._reassert
 
     @property
@@ -150,14 +153,15 @@ class ClusterNode(Service):
         self.engine.start()
         self.feed.start()
         self.broker.start()
-        self._renewed_at = self.reactor.seconds()
+        self._written(self.reactor.seconds())
         self._schedule_renewal()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call]
-        if self._renewal is not None and self._renewal.active():
-            self._renewal.cancel()
-        self._renewal = None
+        for timer in (self._renewal, self._fence_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._renewal = self._fence_timer = None
         # What this node held is given back by its sessions' ends; what is
         # left lapses with its lease.
         return DeferredList([maybeDeferred(self.feed.stop),
@@ -165,6 +169,15 @@ class ClusterNode(Service):
                              maybeDeferred(self.engine.stop)])
 
     # -- renewal and fencing -------------------------------------------------
+    #
+    # The node's shares count in the engine until ``lease`` after the last
+    # renewal that was *written*, dated from when it was sent (its reply
+    # may come later).  The fence is a timer of its own, half a lease after
+    # that: whatever the renewals are doing (waiting on a deadline, or not
+    # running at all in a frozen process), the sessions are closed before
+    # the shares lapse.  A process that comes back from longer than half a
+    # lease away (frozen, its clock held back) fences before it writes
+    # anything: what it held may have been given to others meanwhile.
 
     @property
     def _period(self) -> float:
@@ -174,44 +187,80 @@ class ClusterNode(Service):
         if self.running:
             self._renewal = self.reactor.callLater(self._period, self._renew)
 
+    def _written(self, sent: float) -> None:
+        """A renewal sent at ``sent`` was written: the fence moves on."""
+        if self._renewed_at is not None and sent < self._renewed_at:
+            return
+        self._renewed_at = sent
+        self._fenced = False
+        if self._fence_timer is not None and self._fence_timer.active():
+            self._fence_timer.cancel()
+        if self.running:
+            self._fence_timer = self.reactor.callLater(
+                max(0.0, sent + self.settings.lease / 2 - self.reactor.seconds()),
+                self._fence)
+
     def _renew(self) -> None:
         self._renewal = None
+        sent = self.reactor.seconds()
+        if self._overdue(sent):
+            self._fence()
         d = self.book.renew()
-        d.addCallbacks(self._renewed, self._not_renewed)
+        d.addCallbacks(self._renewed, lambda _: None, callbackArgs=(sent,))
+        # The engine's eviction policy, again: someone may CONFIG SET it
+        # while the nodes run (an evicted limit key silently lifts a limit).
+        d.addCallback(lambda _: self.engine.check_policy() if self.engine.up else None)
+        d.addErrback(lambda _: None)
         d.addBoth(lambda _: self._schedule_renewal())
 
-    def _renewed(self, epoch: str | None) -> None:
-        if epoch != self.engine.epoch:
+    def _renewed(self, renewed: Renewed, sent: float) -> None:
+        if renewed.owner is not None:
+            _log.error("node id {node} is in use by another live process: this "
+                       "one is not ready and writes nothing until it is free",
+                       event="node_id_in_use", node=self.engine.node)
+            self.engine.went_down("node id in use")
+            return
+        if renewed.epoch != self.engine.epoch:
             # The engine lost its data since the last renewal: what this
             # node holds was just written again; the epoch is the engine's.
             self.engine.went_down("engine lost its data")
             return
-        self._renewed_at = self.reactor.seconds()
-        self._fenced = False
+        self._written(sent)
 
-    def _not_renewed(self, failure: Failure) -> None:
-        since = self._renewed_at
-        lease = self.settings.lease
-        if since is None or self._fenced:
+    def _overdue(self, now: float) -> bool:
+        """Half a lease since the last write: what this node held may be
+        lapsing (or gone, after a longer freeze)."""
+        last = self._renewed_at
+        return last is not None and now - last > self.settings.lease / 2
+
+    def _fence(self) -> None:
+        """Cut off for half a lease: close every session before its place
+        lapses (a quarter lease to spread them, a quarter to spare)."""
+        self._fence_timer = None
+        if self._fenced or self._renewed_at is None:
             return
-        if self.reactor.seconds() - since > lease / 2:
-            self._fenced = True
-            _log.error("cannot renew this node's places in the cluster for "
-                       "{seconds:.1f} s: closing its sessions (1013) before they "
-                       "lapse", event="fenced",
-                       seconds=self.reactor.seconds() - since)
-            if self._policy is not None:
-                self._policy.sessions.end_all(FENCED, lease / 4,
-                                              self.reactor.callLater)
+        self._fenced = True
+        away = self.reactor.seconds() - self._renewed_at
+        lease = self.settings.lease
+        _log.error("cannot renew this node's places in the cluster for "
+                   "{seconds:.1f} s: closing its sessions (1013) before they "
+                   "lapse", event="fenced", seconds=away)
+        if self._policy is not None:
+            spread = max(0.0, min(lease / 4, lease * 3 / 4 - away))
+            self._policy.sessions.end_all(FENCED, spread, self.reactor.callLater)
 
     def _reassert(self) -> Deferred[Any]:
         """The engine is back (or lost its data): write what this node holds
         before it counts as up."""
+        sent = self.reactor.seconds()
+        if self._overdue(sent):
+            self._fence()
         d = self.book.renew(recovering=True)
 
-        def written(_: object) -> None:
-            self._renewed_at = self.reactor.seconds()
-            self._fenced = False
+        def written(renewed: Renewed) -> None:
+            if renewed.owner is not None:
+                raise NodeIdInUse(self.engine.node)
+            self._written(sent)
 
         return d.addCallback(written)
 

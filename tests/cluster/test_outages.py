@@ -160,6 +160,32 @@ def test_an_engine_restart_without_its_data_is_detected_and_counts_reasserted(
         ws.close()
 
 
+def test_an_engine_that_may_evict_again_is_refused_until_set_back(
+    cluster: Cluster
+) -> None:
+    """
+    ``CONFIG SET maxmemory-policy allkeys-lru`` while the nodes run (an
+    evicted limit key would silently lift a limit): each node notices at
+    its next renewal, logs it once and answers 503; set back, service
+    returns by itself.
+    """
+    token = cluster.token("quentin")
+    cluster.redis.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    try:
+        eventually(lambda: not any(cluster.ready(node) for node in cluster.nodes),
+                   LEASE / 3 + 2, "every node noticed the eviction policy")
+        assert refusal(cluster, "a", token=token, network=fresh_network()) == (503, "1")
+    finally:
+        cluster.redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    eventually(lambda: all(cluster.ready(node) for node in cluster.nodes), 5.0,
+               "every node ready again")
+    assert cluster.status(cluster.node("a"), token=token,
+                          network=fresh_network()) == 101
+    for node in cluster.nodes:
+        log = (node.directory / "securews.log").read_text()
+        assert log.count('"event":"engine_misconfigured"') == 1, node.name
+
+
 def test_a_killed_nodes_places_lapse_after_the_lease_and_not_before(
     cluster: Cluster
 ) -> None:

@@ -26,11 +26,17 @@ local function total(count)
   return sum
 end
 
+-- A key lives at least `ms` more: never shortened (a node with a shorter
+-- lease must not expire another node's longer share).
+local function extend(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+
 local function hold(count, leases, node, now, lease)
   redis.call('HINCRBY', count, node, 1)
   redis.call('ZADD', leases, now + lease, node)
-  redis.call('PEXPIRE', count, lease)
-  redis.call('PEXPIRE', leases, lease)
+  extend(count, lease)
+  extend(leases, lease)
 end
 
 -- A place for node if the key holds fewer than limit: 1, else 0.
