@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from securews.channels.interfaces import IBroker
@@ -37,6 +37,9 @@ __all__ = ["Joined", "Membership", "Refused"]
 #: Live messages a subscription keeps while its history is read, at most;
 #: past it the history is given up (``recovered: false``).
 MAX_WAITING = 1000
+#: Repeated subscribes to a channel whose subscription is not yet in place
+#: that wait for it, at most (more are refused "unavailable").
+MAX_AGAIN = 8
 #: An offset beyond any channel's: "just the position, no history".
 _NOW = 2**62
 
@@ -76,6 +79,29 @@ class _Subscription:
     position: Position | None = None
     waiting: list[tuple[Position, str | None]] = attrs.field(factory=list)
     overflowed: bool = False
+    #: Subscribing again before this one is in place: they wait for it.
+    again: list[Deferred[Joined]] = attrs.field(factory=list)
+
+    def subscribed_again(self) -> Deferred[Joined]:
+        """Where the session stands in the channel: now if the subscription
+        is in place, else once it is (never a position it does not have)."""
+        if self.live and self.position is not None:
+            return succeed(Joined(self.position))
+        if len(self.again) >= MAX_AGAIN:
+            return fail(Refused("unavailable"))
+        d: Deferred[Joined] = Deferred()
+        self.again.append(d)
+        return d
+
+    def settle(self, result: Joined | Failure) -> Joined | Failure:
+        """The subscription is in place (or failed): tell those waiting."""
+        again, self.again = self.again, []
+        for d in again:
+            if isinstance(result, Failure) or self.position is None:
+                d.errback(Refused("unavailable"))
+            else:
+                d.callback(Joined(self.position))
+        return result
 
     def receive(self, channel: str, position: Position, data: str | None) -> None:
         if not self.live:
@@ -156,12 +182,12 @@ class Membership:
             return fail(Refused("unavailable"))
         held = self._subscriptions.get(channel)
         if held is not None:
-            joined = Joined(held.position or Position("", 0))
-            if before is not None:
-                before(joined)
-            d: Deferred[Joined] = Deferred()
-            d.callback(joined)
-            return d
+            def tell(joined: Joined) -> Joined:
+                if before is not None:
+                    before(joined)
+                return joined
+
+            return held.subscribed_again().addCallback(tell)
         if not self.grants.may_subscribe(channel):
             return fail(Refused("forbidden"))
         if len(self._subscriptions) >= self.max_subscriptions:
@@ -198,7 +224,7 @@ class Membership:
                 return failure
             return Failure(Refused("unavailable"))
 
-        return d2.addCallbacks(read, failed)
+        return d2.addCallbacks(read, failed).addBoth(subscription.settle)
 
     def unsubscribe(self, channel: str) -> bool:
         """:returns: whether the session was subscribed."""
