@@ -355,13 +355,16 @@ _handshakes = Logger(namespace="securews.handshake")
 
 def log_handshake(outcome: str, status: int, reason: str | None, *, client: str,
                   head: RequestHead | None, served: tuple[str, ...],
-                  method: str | None) -> None:
+                  method: str | None, principal: str | None = None) -> None:
     """
     The one event of a request (``event = "handshake"``).  Client text is
     logged only in normalised form: the path only when it is one securews
     serves (``served``; ``"other"`` otherwise: a path can carry a token as
     well as a query can), the Origin only when it parses (``"invalid"``
     otherwise); never a header, never the query.
+
+    :param principal: who was admitted (or given a ticket): the id an
+        authenticator vouched for, never the credential.
     """
     path = origin = None
     if head is not None:
@@ -369,7 +372,9 @@ def log_handshake(outcome: str, status: int, reason: str | None, *, client: str,
         origin = printable_origin(head.values("origin"))
     _handshakes.info(
         "handshake {outcome} {status} from {client} path={path} "
-        "origin={origin} method={method} reason={reason}",
+        "origin={origin} method={method} reason={reason}"
+        + (" principal={principal}" if principal is not None else ""),
         event="handshake", outcome=outcome, status=status, client=client,
         path=path, origin=origin, reason=reason, method=method,
+        **({"principal": principal} if principal is not None else {}),
     )

@@ -85,7 +85,8 @@ class Config:
     Everything securews needs to run, parsed and checked.
 
     :ivar dev: set only by ``--dev``; relaxes anonymous access and a
-        missing Origin, nothing else.
+        missing Origin, and serves the development page at ``/``; nothing
+        else (its loopback Origins are in ``origin.allowed``).
     """
 
     server: ServerSettings = attrs.field(factory=ServerSettings)

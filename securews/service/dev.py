@@ -20,9 +20,16 @@ from cryptography.x509.oid import NameOID
 
 from securews.rules.config import Config, ConfigError, from_mapping
 
-__all__ = ["DEV_LISTEN", "default_state_dir", "dev_config", "ensure_certificate"]
+__all__ = ["DEV_LISTEN", "DEV_ORIGINS", "default_state_dir", "dev_config",
+           "ensure_certificate"]
 
 DEV_LISTEN = "tcp:8443:interface=127.0.0.1"
+#: Pages a developer serves from this machine, on any port: the built-in
+#: page, a bundler's dev server, ``python -m http.server``.  Never ``null``
+#: (``file:`` pages and sandboxed frames), which any page can forge.
+DEV_ORIGINS = tuple(f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1",
+                                                        "[::1]")
+                    for scheme in ("http", "https"))
 _VALIDITY = datetime.timedelta(days=365)
 _RENEW_BEFORE = datetime.timedelta(days=7)
 
@@ -85,11 +92,19 @@ def ensure_certificate(state_dir: Path, *,
 
 def dev_config(state_dir: Path, *, now: datetime.datetime,
                overrides: dict[str, dict[str, object]] | None = None) -> Config:
-    """The settings of ``twistd securews --dev``."""
+    """
+    The settings of ``twistd securews --dev``: the loopback Origins
+    (:data:`DEV_ORIGINS`) are allowed besides any ``--allow-origin``.
+    """
     cert, key = ensure_certificate(state_dir, now=now)
     data: dict[str, dict[str, object]] = {
         "server": {"listen": DEV_LISTEN},
         "tls": {"cert": str(cert), "key": str(key)},
         "auth": {"methods": ["anonymous"]},
+        "origin": {"allowed": list(DEV_ORIGINS)},
     }
+    overrides = {section: dict(values) for section, values in (overrides or {}).items()}
+    extra = overrides.get("origin", {}).get("allowed")
+    if isinstance(extra, list):
+        overrides["origin"]["allowed"] = [*DEV_ORIGINS, *extra]
     return from_mapping(data, source="--dev", overrides=overrides, dev=True)
