@@ -65,11 +65,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 from twisted.logger import (
@@ -97,6 +99,7 @@ __all__ = [
     "WireLogger",
     "at_least_info",
     "event_as_record",
+    "log_file_problem",
     "log_handshake",
     "make_observer",
 ]
@@ -331,6 +334,27 @@ def _open(settings: LogSettings) -> IO[str]:
     except OSError as e:
         raise ConfigError(f"cannot open {settings.file} for appending: {e.strerror}",
                           key="log.file") from None
+
+
+def log_file_problem(settings: LogSettings) -> ConfigError | None:
+    """
+    Whether ``log.file`` could be opened for appending, checked without
+    creating it (``securews check``): an existing file must be writable, a
+    new one's directory too.
+    """
+    if settings.file == "-":
+        return None
+    path = Path(settings.file)
+    if path.exists():
+        if path.is_dir() or not os.access(path, os.W_OK):
+            return ConfigError(f"cannot open {settings.file} for appending: "
+                               "not a writable file", key="log.file")
+        return None
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return ConfigError(f"cannot create {settings.file}: {folder} is not a "
+                           "writable directory", key="log.file")
+    return None
 
 
 def make_observer(settings: LogSettings, out: IO[str] | None = None) -> ILogObserver:

@@ -264,8 +264,9 @@ def _ticket(rules: AdmissionRules, head: RequestHead, peer: Peer,
             yield refuse(Refusal(429, ticket.reason, (
                 ("Retry-After", str(math.ceil(rules.ticket_ttl))),)))
         return
-    yield Answer(ticket_response(ticket, rules.ticket_ttl, origin), "ticket_issued",
-                 201, principal=result.principal)
+    issued = Answer(ticket_response(ticket, rules.ticket_ttl, origin),
+                    "ticket_issued", 201)
+    yield attrs.evolve(issued, principal=result.principal)
 
 
 def _dev_page(rules: AdmissionRules, head: RequestHead,

@@ -101,7 +101,7 @@ class SecureWebSocketService(MultiService):
         self.log.info("securews listening on {url}", event="startup", url=where)
         log_banner(self.config, where)
         if self.config.dev:
-            page = where.removesuffix(self.config.server.path) + "/"
+            page = f"https://{_host_for_url(host or '127.0.0.1')}:{address.port}/"
             self.log.warn(
                 "DEVELOPMENT MODE, NOT FOR PRODUCTION: anonymous access, a "
                 "missing Origin and pages from this machine (Origins "
@@ -174,7 +174,8 @@ def build_service(config: Config, reactor: Any, *,
                                       authenticator=authenticator, reactor=reactor)
     endpoint = server_endpoint(reactor, config.server.listen)
     context = server_context(config.tls) if config.tls.enabled else None
-    listener = ListeningService(endpoint, listening_factory(factory, context))
+    listener = ListeningService(endpoint, listening_factory(factory, context),
+                                description=config.server.listen, key="server.listen")
     factory.metrics.watch_certificate(
         None if context is None
         else lambda: context.credentials.leaf.not_valid_after_utc)

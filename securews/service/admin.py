@@ -324,5 +324,6 @@ def admin_service(settings: AdminSettings, metrics: Metrics, readiness: Readines
     hosts = (None if isinstance(endpoint, UNIXServerEndpoint)
              else frozenset({"localhost", *settings.hosts}))
     site = _QuietSite(AdminResource(metrics, readiness, actions), reactor, hosts)
-    service = ListeningService(endpoint, site)
+    service = ListeningService(endpoint, site, description=settings.listen,
+                               key="admin.listen")
     return service
