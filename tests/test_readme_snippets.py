@@ -1,0 +1,294 @@
+"""
+README.rst's code blocks stay true: each literal block is found by its
+first line and either run (as written, but for a free port instead of
+8443/9443, a scratch ``HOME`` and the test virtualenv's ``.venv/bin``) or,
+where it needs the outside world (a browser's certificate store, a second
+virtualenv), checked against what it refers to.  A block this file does
+not know fails the test, so a new snippet gets a check with it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import runpy
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docutils.core
+import docutils.nodes
+import pytest
+
+from securews.service.dev import default_state_dir, ensure_certificate
+from tests.support.paths import EXAMPLES, REPO
+from tests.support.processes import TWISTD, Server, clean_env, free_port
+from tests.support.unprivileged import unprivileged
+
+README = REPO / "README.rst"
+BIN = Path(sys.executable).parent
+
+
+def blocks() -> list[str]:
+    tree = docutils.core.publish_doctree(README.read_text("utf-8"))
+    return [node.astext() for node in tree.findall(docutils.nodes.literal_block)]
+
+
+def block(first_line: str) -> str:
+    found = [b for b in blocks() if b.startswith(first_line)]
+    assert len(found) == 1, f"README has {len(found)} blocks starting {first_line!r}"
+    return found[0]
+
+
+def shell(text: str, *, home: Path, port: int | None = None, old: str = "8443",
+          stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run README shell text with the test venv, ``HOME`` and a port swapped."""
+    text = re.sub(r"(?<![\w/])\.venv/bin/", f"{BIN}/", text)
+    if port is not None:
+        text = text.replace(f":{old}", f":{port}").replace(f" {old}", f" {port}")
+    env = {**clean_env(), "HOME": str(home)}
+    env.pop("XDG_STATE_HOME", None)
+    return subprocess.run(["bash", "-c", text], cwd=REPO, env=env, input=stdin,
+                          text=True, capture_output=True, timeout=timeout,
+                          check=False)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A scratch HOME, whose default state folder holds the dev certificate."""
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def dev_server(home: Path, tmp_path: Path) -> Iterator[int]:
+    """``twistd -n securews --dev`` with HOME=home, on a free port."""
+    port = free_port()
+    env_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    try:
+        server = Server(["--dev", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                        tmp_path)
+    finally:
+        if env_home is None:
+            os.environ.pop("HOME")
+        else:
+            os.environ["HOME"] = env_home
+    try:
+        server.wait_for("securews listening on")
+        assert str(home / ".local/state/securews/dev-cert.pem") in server.text()
+        yield port
+    finally:
+        server.stop()
+
+
+# -- the blocks, by first line ---------------------------------------------------
+
+KNOWN: dict[str, str] = {
+    "python3 -m venv .venv && .venv/bin/pip install . &&":
+        "run by tests/test_browser.py",
+    "certutil -d sql:$HOME/.pki/nssdb": "test_certutil_imports_the_dev_certificate",
+    ".venv/bin/securews client wss://127.0.0.1:8443/ws": "test_terminal_client",
+    "import os\nimport ssl": "test_python_client",
+    "python3 -m venv .venv && .venv/bin/pip install '.[test]'": "test_test_command",
+    "securews init /etc/securews": "test_first_production_setup",
+    "securews: error: /etc/securews/securews.toml: server.max_conections":
+        "test_unknown_key_error",
+    "securews: error: /etc/securews/securews.toml: server.listen":
+        "test_listen_error",
+    "securews: error: --config FILE is required": "test_usage_error",
+    "const r = await fetch(": "test_ticket_snippet",
+    "import hmac": "test_embedding_snippet_is_the_example",
+    "SECUREWS_TOKEN=s3cret .venv/bin/python examples/embed.py":
+        "test_running_the_example",
+    "from securews.auth import Principal": "test_testing_snippet",
+    ".venv/bin/python -m pytest tests/conformance": "test_conformance_commands",
+    ".venv/bin/python -m tests.conformance --full": "test_conformance_commands",
+    "affinity read back:": "benchmark output, not a command",
+}
+
+
+def test_every_block_is_known() -> None:
+    """A new code block in README needs an entry here (and a check)."""
+    unknown = [b.splitlines()[0] for b in blocks()
+               if not any(b.startswith(first) for first in KNOWN)]
+    assert unknown == []
+    gone = [first for first in KNOWN if not any(b.startswith(first) for b in blocks())]
+    assert gone == []
+
+
+def test_certutil_imports_the_dev_certificate() -> None:
+    """The certificate path is where --dev keeps it by default."""
+    words = shlex.split(block("certutil"))
+    assert words[-1] == "~/.local/state/securews/dev-cert.pem"
+    assert words[words.index("-t") + 1] == "P,,"  # a trusted peer (server) cert
+    saved = {k: os.environ.pop(k, None) for k in ("XDG_STATE_HOME", "HOME")}
+    os.environ["HOME"] = "/home/someone"
+    try:
+        assert default_state_dir() == Path("/home/someone/.local/state/securews")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def test_terminal_client(home: Path, dev_server: int) -> None:
+    result = shell(block(".venv/bin/securews client"), home=home, port=dev_server,
+                   stdin="hello\n")
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+
+
+def test_python_client(home: Path, dev_server: int, tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(block("import os\nimport ssl").replace(":8443", f":{dev_server}"))
+    env = {**clean_env(), "HOME": str(home)}
+    env.pop("XDG_STATE_HOME", None)
+    result = subprocess.run([sys.executable, str(script)], env=env, text=True,
+                            capture_output=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+
+
+def test_test_command() -> None:
+    """The test command is the one .ci/run runs, with the test extras."""
+    words = shlex.split(block(
+        "python3 -m venv .venv && .venv/bin/pip install '.[test]'"))
+    assert words[-3:] == [".venv/bin/python", "-m", "pytest"]
+    assert ".[test]" in words
+    assert ".venv/bin/python -m pytest" in (REPO / ".ci/run").read_text()
+
+
+def test_first_production_setup(tmp_path: Path) -> None:
+    """init, then check: the only problems are the certificate's two files
+    (and, where port 443 cannot be bound here, the address)."""
+    text = block("securews init /etc/securews").replace("/etc/securews",
+                                                        str(tmp_path / "etc"))
+    init, check, run = text.splitlines()
+    assert shell(f"{BIN}/{init}", home=tmp_path).returncode == 0
+    result = shell(f"{BIN}/{check}", home=tmp_path)
+    assert result.returncode == 2
+    keys = [line.split(": ")[3] for line in result.stderr.splitlines()]
+    assert keys[:2] == ["tls.cert", "tls.key"]
+    assert set(keys[2:]) <= {"server.listen"}
+    assert run.startswith("twistd -n securews --config ")
+    started = shell(f"{BIN}/{run}", home=tmp_path)
+    assert started.returncode == 2
+    assert started.stderr.splitlines()[:2] == result.stderr.splitlines()[:2]
+
+
+def test_unknown_key_error(tmp_path: Path) -> None:
+    expected = block("securews: error: /etc/securews/securews.toml: server.max_con")
+    path = tmp_path / "securews.toml"
+    path.write_text("[server]\nmax_conections = 5\n")
+    result = shell(f"{TWISTD} -n --pidfile= securews --config {path}", home=tmp_path)
+    assert result.returncode == 2
+    prefix = expected.split("(known keys:")[0].replace(
+        "/etc/securews/securews.toml", str(path))
+    assert result.stderr.startswith(prefix + "(known keys: ")
+
+
+def test_listen_error(tmp_path: Path) -> None:
+    """As written: an unprivileged user, port 443 on every IPv6 address."""
+    expected = block("securews: error: /etc/securews/securews.toml: server.listen")
+    with unprivileged() as user:
+        from securews.service.dev import LOOPBACK_NAMES, self_signed
+
+        cert, key = self_signed(LOOPBACK_NAMES, common_name="t",
+                                now=datetime.datetime.now(datetime.UTC),
+                                validity=datetime.timedelta(days=1))
+        for name, data in (("cert.pem", cert), ("key.pem", key)):
+            (user.home / name).write_bytes(data)
+            if os.getuid() == 0:
+                os.chown(user.home / name, 65534, 65534)
+        path = user.home / "securews.toml"
+        path.write_text('[server]\nlisten = "tcp6:443:interface=\\\\:\\\\:"\n'
+                        f'[tls]\ncert = "{user.home}/cert.pem"\n'
+                        f'key = "{user.home}/key.pem"\n[auth]\nmethods = []\n')
+        result = user.run(TWISTD, "-n", "--pidfile=", "securews", "--config",
+                          str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == expected.replace("/etc/securews/securews.toml",
+                                                     str(path))
+
+
+def test_usage_error(tmp_path: Path) -> None:
+    result = shell(f"{TWISTD} -n --pidfile= securews", home=tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (
+        2, block("securews: error: --config FILE is required"))
+
+
+def test_ticket_snippet() -> None:
+    """The page's calls match the defaults: POST /tickets, then ?ticket= on /ws."""
+    text = block("const r = await fetch(")
+    assert '"https://ws.example.com/tickets"' in text
+    assert 'method: "POST", credentials: "include"' in text
+    assert "wss://ws.example.com/ws?ticket=${ticket}" in text
+
+
+def test_embedding_snippet_is_the_example() -> None:
+    """README's embedding code is examples/embed.py from its imports on."""
+    source = (EXAMPLES / "embed.py").read_text("utf-8")
+    assert block("import hmac").strip() == source[source.index("\nimport hmac\n"):
+                                                  ].strip()
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            assert process.poll() is None, process.stderr
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_running_the_example(tmp_path: Path) -> None:
+    """The two commands as written: the example greets through the client."""
+    home = tmp_path / "home"
+    ensure_certificate(home / ".local/state/securews",
+                       now=datetime.datetime.now(datetime.UTC))
+    serve, talk = block("SECUREWS_TOKEN=s3cret .venv/bin/python").splitlines()
+    port = free_port()
+    serve = serve.replace(".venv/bin/python", sys.executable).replace(
+        " 9443", f" {port}")
+    env = {**clean_env(), "HOME": str(home)}
+    process = subprocess.Popen(["bash", "-c", serve], cwd=REPO, env=env,
+                               text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_port(port, process)
+        result = shell(talk, home=home, port=port, old="9443", stdin="shout\n")
+        assert (result.returncode, result.stdout) == (0, "hello service\nSHOUT\n"), \
+            result.stderr
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    usage = subprocess.run([sys.executable, str(EXAMPLES / "embed.py")],
+                           env=clean_env(), text=True, capture_output=True,
+                           check=False)
+    assert usage.returncode == 2
+    assert usage.stderr == "usage: SECUREWS_TOKEN=... python embed.py CERT KEY PORT\n"
+
+
+def test_testing_snippet() -> None:
+    """The test, with the embedding example's Greeter, passes."""
+    namespace = runpy.run_path(str(EXAMPLES / "embed.py"), run_name="readme")
+    exec(block("from securews.auth import Principal"), namespace)
+    test: Callable[[], None] = namespace["test_greeter"]
+    test()
+
+
+def test_conformance_commands() -> None:
+    """The paths exist, and --full is an option of the runner."""
+    assert (REPO / "tests/conformance/test_autobahn.py").exists()
+    runner = (REPO / "tests/conformance/__main__.py").read_text()
+    assert re.search(r"[\"']--full[\"']", runner)
