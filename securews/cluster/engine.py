@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from OpenSSL import crypto
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import ssl
 from twisted.internet.defer import (
@@ -51,8 +52,10 @@ from twisted.python.failure import Failure
 
 from securews.cluster.scripts import SCRIPTS, Script
 from securews.rules.cluster import ClusterSettings, EngineAddress, Keys
+from securews.rules.config import ConfigError
 
-__all__ = ["Engine", "EngineMisconfigured", "EngineUnavailable", "engine_endpoint"]
+__all__ = ["Engine", "EngineMisconfigured", "EngineUnavailable", "engine_endpoint",
+           "trust_root"]
 
 _log = Logger(namespace="securews.cluster")
 
@@ -68,17 +71,40 @@ class EngineMisconfigured(Exception):
     """The engine answers but must not be used as it is configured."""
 
 
+def trust_root(ca_file: str) -> Any:
+    """
+    What a ``rediss://`` engine's certificate is verified with:
+    ``cluster.ca_file``'s certificate, or the system's trust store.
+
+    :raises ConfigError: (key ``cluster.ca_file``) when the file cannot be
+        read or holds no PEM certificate.
+    """
+    if not ca_file:
+        return ssl.platformTrust()
+    try:
+        return ssl.Certificate.loadPEM(Path(ca_file).read_bytes())
+    except OSError as e:
+        raise ConfigError(f"{ca_file}: cannot be read ({e.strerror or e})",
+                          key="cluster.ca_file") from None
+    except (ValueError, crypto.Error):
+        raise ConfigError(f"{ca_file}: not a PEM certificate",
+                          key="cluster.ca_file") from None
+
+
 def engine_endpoint(reactor: Any, address: EngineAddress, timeout: float,
                     ca_file: str = "") -> IStreamClientEndpoint:
-    """The client endpoint for ``address``: TLS verified for ``rediss://``."""
+    """
+    The client endpoint for ``address``: TLS verified for ``rediss://``.
+
+    :raises ConfigError: for an unusable ``ca_file`` (:func:`trust_root`).
+    """
     if address.path:
         return UNIXClientEndpoint(reactor, address.path, timeout=timeout)
     endpoint: IStreamClientEndpoint = HostnameEndpoint(
         reactor, address.host.encode("idna"), address.port, timeout=timeout)
     if address.tls:
-        root = (ssl.Certificate.loadPEM(Path(ca_file).read_bytes()) if ca_file
-                else ssl.platformTrust())
-        options = ssl.optionsForClientTLS(address.host, trustRoot=root)
+        options = ssl.optionsForClientTLS(address.host,
+                                          trustRoot=trust_root(ca_file))
         endpoint = wrapClientTLS(options, endpoint)
     return endpoint
 
