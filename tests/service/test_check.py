@@ -18,6 +18,7 @@ from securews.service.check import Report, check_config, print_report
 from securews.testing import make_config
 from tests.support.common import CertFiles, write_cert
 from tests.support.processes import free_port
+from tests.support.redis import RedisServer
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -102,3 +103,66 @@ def test_the_report_prints_one_line_per_problem_and_the_status() -> None:
     out = io.StringIO()
     assert print_report(Report((), ()), "f.toml", out=out, err=err) == 0
     assert out.getvalue() == "securews: f.toml: OK\n"
+
+
+def test_the_admin_token_and_a_cluster_s_files_are_checked(tmp_path: Path,
+                                                           certs: CertFiles) -> None:
+    """A short admin token, an unreadable engine password and a CA file that
+    is not PEM: each one line, the engine not asked before they are right."""
+    token = tmp_path / "admin-token"
+    token.write_text("short\n")
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    config = make_config(
+        server={"listen": f"tcp:{free_port()}:interface=127.0.0.1"},
+        tls={"cert": str(certs.cert), "key": str(certs.key)},
+        origin={"allowed": ["https://app.example.com"]}, auth={"methods": []},
+        admin={"listen": f"tcp:{free_port()}:interface=127.0.0.1",
+               "token_file": str(token)},
+        cluster={"redis_url": "rediss://127.0.0.1:1/0",
+                 "password_file": str(tmp_path / "missing"),
+                 "ca_file": str(not_pem)})
+    report = check_config(config, MemoryReactor(), now=NOW)
+    assert keys(report) == ["admin.token_file", "cluster.password_file",
+                            "cluster.ca_file"]
+    assert "at least 16 characters" in str(report.problems[0])
+    assert "not a PEM certificate" in str(report.problems[2])
+
+
+def test_a_cluster_engine_is_asked_as_the_node_asks_it(
+    redis_server: RedisServer, certs: CertFiles
+) -> None:
+    """A usable engine passes; one that cannot be reached is a warning (the
+    node would start, refusing handshakes until it can), not a problem."""
+    settings = dict(
+        server={"listen": f"tcp:{free_port()}:interface=127.0.0.1"},
+        tls={"cert": str(certs.cert), "key": str(certs.key)},
+        origin={"allowed": ["https://app.example.com"]}, auth={"methods": []})
+    reachable = make_config(**settings, cluster={"redis_url": redis_server.url()})
+    report = check_config(reachable, MemoryReactor(), now=NOW)
+    assert (report.problems, [w.key for w in report.warnings]) == (
+        (), ["auth.methods"])
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        unreachable = make_config(
+            **settings, cluster={"redis_url": f"redis://127.0.0.1:{port}/0"})
+        report = check_config(unreachable, MemoryReactor(), now=NOW)
+    assert report.problems == ()
+    assert [w.key for w in report.warnings] == ["auth.methods", "cluster.redis_url"]
+    assert "cannot be reached now" in str(report.warnings[1])
+
+
+def test_an_admin_token_without_the_admin_listener_is_a_warning(
+    tmp_path: Path, certs: CertFiles
+) -> None:
+    token = tmp_path / "admin-token"
+    token.write_text("a-long-enough-admin-token\n")
+    config = make_config(
+        server={"listen": f"tcp:{free_port()}:interface=127.0.0.1"},
+        tls={"cert": str(certs.cert), "key": str(certs.key)},
+        origin={"allowed": ["https://app.example.com"]}, auth={"methods": []},
+        admin={"token_file": str(token)})
+    report = check_config(config, MemoryReactor(), now=NOW)
+    assert report.problems == ()
+    assert [w.key for w in report.warnings] == ["auth.methods", "admin.token_file"]
