@@ -1,8 +1,9 @@
 """
 The startup banner: one INFO event, once listening, saying what this
-server enforces (TLS floor, authentication, Origins, the main limits) and
-on what it runs, so that an operator reading the log (or a bug report)
-sees the effective configuration without opening a file.
+server enforces (TLS floor, authentication, Origins, the main limits, the
+admin listener, a cluster's engine, channels) and on what it runs, so
+that an operator reading the log (or a bug report) sees the effective
+configuration without opening a file.
 
 It shows settings only: paths, names and numbers.  Never a secret: no key,
 token or file content is read here.
@@ -53,6 +54,13 @@ def _limits(config: Config) -> str:
             f"idle {limits.idle_timeout:g} s, lifetime {limits.max_lifetime:g} s")
 
 
+def _cluster(config: Config) -> str:
+    cluster = config.cluster
+    node = f"node {cluster.node_id}, " if cluster.node_id else ""
+    return (f"{cluster.engine} ({node}lease {cluster.lease:g} s, engine calls "
+            f"within {cluster.timeout:g} s; shared tickets, limits, revocations)")
+
+
 def banner(config: Config, url: str) -> str:
     """
     The banner's text: a first line, then one line per topic.
@@ -73,7 +81,16 @@ def banner(config: Config, url: str) -> str:
         lines.append(f"proxies: {', '.join(map(str, config.server.trusted_proxies))}"
                      f" (client address from the {kind})")
     if config.admin.listen:
-        lines.append(f"admin: {config.admin.listen} (/metrics, /healthz, /readyz)")
+        actions = ", POST /revoke, /publish" if config.admin.token_file else ""
+        lines.append(f"admin: {config.admin.listen} (/metrics, /healthz, /readyz"
+                     f"{actions})")
+    if config.cluster.enabled:
+        lines.append(f"cluster: {_cluster(config)}")
+    if config.server.app == "channels":
+        channels = config.channels
+        lines.append(f"channels: {channels.max_subscriptions} per session, "
+                     f"history {channels.history_size} messages for "
+                     f"{channels.history_ttl:g} s")
     lines.append("dev mode: ON, NOT FOR PRODUCTION" if config.dev else "dev mode: off")
     return "\n  ".join(lines)
 

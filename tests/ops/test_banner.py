@@ -46,6 +46,34 @@ def test_the_banner_lists_what_is_enforced(tmp_path: Path) -> None:
     assert "the-cookie-secret-itself" not in text
 
 
+def test_the_banner_names_the_cluster_and_channels_never_a_password(
+    tmp_path: Path
+) -> None:
+    """A node of a cluster says which engine (not its password), the admin
+    listener its state-changing endpoints, the channels app its bounds."""
+    password = tmp_path / "redis-password"
+    password.write_text("the-engine-password-itself\n")
+    token = tmp_path / "admin-token"
+    token.write_text("the-admin-token-itself-0123456789\n")
+    config = make_config(
+        server={"app": "channels"}, messages={"format": "json"},
+        tls={"cert": "c.pem", "key": "k.pem"}, auth={"methods": []},
+        admin={"listen": "tcp:9100:interface=127.0.0.1", "token_file": str(token)},
+        cluster={"redis_url": "rediss://securews@redis.internal:6380/2",
+                 "password_file": str(password), "node_id": "ws-1"})
+    lines = banner(config, "wss://example.com:443/ws").split("\n  ")
+    assert lines[-4:-1] == [
+        "admin: tcp:9100:interface=127.0.0.1 (/metrics, /healthz, /readyz, "
+        "POST /revoke, /publish)",
+        "cluster: rediss://securews@redis.internal:6380/2 (node ws-1, lease 10 s, "
+        "engine calls within 0.25 s; shared tickets, limits, revocations)",
+        "channels: 64 per session, history 100 messages for 300 s",
+    ]
+    text = "\n".join(lines)
+    assert "the-engine-password-itself" not in text
+    assert "the-admin-token-itself" not in text
+
+
 def test_the_banner_is_one_info_event_and_one_json_line(
     events: list[LogEvent]
 ) -> None:
