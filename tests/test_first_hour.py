@@ -2,17 +2,20 @@
 A new operator's first hour, end to end, as a user without privileges (as
 ``nobody`` when the tests run as root): ``securews init`` on a fresh
 directory, ``securews check``, ``twistd -n securews --config``, then a
-token from ``securews token`` and a session with ``securews client``.
+token from ``securews token``, a session with ``securews client``, and
+the user revoked with the admin token ``init`` wrote.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.support.processes import TWISTD, free_port
@@ -27,9 +30,10 @@ def test_init_check_run_token_client_as_a_user() -> None:
     with unprivileged() as user:
         etc = user.home / "securews"
         user_id = NOBODY if os.getuid() == 0 else os.getuid()
-        port = free_port()
+        port, admin = free_port(), free_port()
         init = user.run(SECUREWS, "init", str(etc), "--self-signed", "--listen",
-                        f"tcp:{port}:interface=127.0.0.1", "--origin", ORIGIN)
+                        f"tcp:{port}:interface=127.0.0.1", "--admin-listen",
+                        f"tcp:{admin}:interface=127.0.0.1", "--origin", ORIGIN)
         assert init.returncode == 0, init.stderr
         config = etc / "securews.toml"
         assert f"securews check --config {config}" in init.stdout
@@ -74,6 +78,20 @@ def test_init_check_run_token_client_as_a_user() -> None:
                 str(etc / "tls" / "cert.pem"), "--origin", ORIGIN, stdin="x\n")
             assert refused.returncode == 1
             assert "401 Unauthorized" in refused.stderr
+
+            revoke = urllib.request.Request(
+                f"http://127.0.0.1:{admin}/revoke", method="POST",
+                data=json.dumps({"principal": "alice"}).encode(),
+                headers={"Authorization": "Bearer "
+                         + (etc / "admin-token").read_text().strip()})
+            with urllib.request.urlopen(revoke, timeout=10) as answer:
+                assert answer.status // 100 == 2
+            revoked = user.run(
+                SECUREWS, "client", f"wss://127.0.0.1:{port}/ws", "--cafile",
+                str(etc / "tls" / "cert.pem"), "--origin", ORIGIN, "--token",
+                token.stdout.strip(), stdin="x\n")
+            assert revoked.returncode == 1
+            assert "401 Unauthorized" in revoked.stderr
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(15)

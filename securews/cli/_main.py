@@ -114,12 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     init = commands.add_parser(
         "init", help="write a production configuration with fresh secrets",
         description="Write DIR/securews.toml, commented, with a fresh cookie "
-        "secret and JWT key pair beside it (every file mode 0600), and print "
-        "the next steps. Existing files are never overwritten.")
+        "secret, JWT key pair and admin token beside it (every file mode "
+        "0600), and print the next steps. Existing files are never "
+        "overwritten.")
     init.add_argument("directory", metavar="DIR")
     init.add_argument("--listen", default="tcp6:443:interface=\\:\\:",
                       help="server.listen (default: %(default)s, every address, "
                       "port 443)")
+    init.add_argument("--admin-listen", default="tcp:9100:interface=127.0.0.1",
+                      metavar="ENDPOINT",
+                      help="admin.listen, the operators' listener (/metrics, "
+                      "/readyz, POST /revoke with the admin-token written beside "
+                      "the settings; default: %(default)s; \"\" for none)")
     init.add_argument("--origin", action="append", default=[], metavar="ORIGIN",
                       help="a web page origin allowed to connect, e.g. "
                       "https://app.example.com (repeatable)")

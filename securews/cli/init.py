@@ -1,8 +1,8 @@
 """
 ``securews init DIR``: a first production configuration that passes
 ``securews check`` once a certificate is in place, with secrets made for
-it and nothing reused: a cookie secret, a JWT key pair, optionally a
-self-signed certificate for a staging box.
+it and nothing reused: a cookie secret, a JWT key pair, the admin
+listener's token, optionally a self-signed certificate for a staging box.
 
 Every file is created new (never overwritten, so a second run cannot
 destroy secrets in use) with mode 0600 in a directory of mode 0700; the
@@ -34,6 +34,7 @@ __all__ = ["CONFIG_NAME", "InitError", "run_init", "write_setup"]
 CONFIG_NAME = "securews.toml"
 COOKIE_SECRET_NAME = "cookie-secret"  # noqa: S105 (a file name)
 PUBLIC_KEY_NAME = "jwt-public.pem"
+ADMIN_TOKEN_NAME = "admin-token"  # noqa: S105 (a file name)
 _SELF_SIGNED_VALIDITY = datetime.timedelta(days=90)
 
 _TEMPLATE = """\
@@ -102,11 +103,28 @@ issuer = ""
 name = "session"
 mode = "signed"
 secret_file = {secret}
+
+[admin]
+# The operators' plain-HTTP listener: GET /metrics (Prometheus), /healthz,
+# /readyz; loopback only unless allow_non_loopback = true.  With the token
+# below, POST /revoke {{"principal": "alice"}} ends alice's sessions (4401)
+# and refuses her credentials, and POST /publish {{"channel", "data"}}
+# pushes to a channel ("Authorization: Bearer" and the file's first line).
+listen = {admin_listen}
+token_file = {admin_token}
+
+# Several nodes acting as one (shared tickets, limits and revocations;
+# README, "Scaling out"): uncomment and point every node at one Redis >= 7.0
+# with maxmemory-policy noeviction.
+# [cluster]
+# redis_url = "rediss://securews@redis.internal:6380/0"
+# password_file = "/etc/securews/redis-password"
 """
 
 _NEXT = """\
 Wrote {config}
-  and, mode 0600: {secret} (cookie secret), {public} and {private} (JWT key pair){tls}
+  and, mode 0600: {secret} (cookie secret), {public} and {private} (JWT key pair),
+  {admin_token} (the admin listener's token){tls}
 Next:
 {steps}"""
 
@@ -135,10 +153,12 @@ def _write_new(path: Path, data: bytes) -> None:
 
 def write_setup(directory: Path, *, listen: str, origins: list[str],
                 self_signed_for: list[str] | None,
-                now: datetime.datetime) -> dict[str, Path]:
+                now: datetime.datetime,
+                admin_listen: str = "tcp:9100:interface=127.0.0.1") -> dict[str, Path]:
     """
     Write the configuration and its secrets into ``directory``.
 
+    :param admin_listen: ``admin.listen``; ``""`` for no admin listener.
     :param self_signed_for: names for a self-signed certificate, or
         ``None`` to leave ``tls/fullchain.pem`` and ``tls/privkey.pem`` to
         the operator.
@@ -157,11 +177,13 @@ def write_setup(directory: Path, *, listen: str, origins: list[str],
         "secret": directory / COOKIE_SECRET_NAME,
         "public": directory / PUBLIC_KEY_NAME,
         "private": directory / PRIVATE_KEY_NAME,
+        "admin_token": directory / ADMIN_TOKEN_NAME,
         "cert": tls / ("cert.pem" if self_signed_for is not None else "fullchain.pem"),
         "key": tls / ("key.pem" if self_signed_for is not None else "privkey.pem"),
     }
     text = _TEMPLATE.format(
         date=f"{now:%Y-%m-%d}", listen=_quoted(listen), origins=_quoted(origins),
+        admin_listen=_quoted(admin_listen),
         **{name: _quoted(str(path)) for name, path in paths.items()})
     try:
         from_mapping(tomllib.loads(text))
@@ -178,6 +200,8 @@ def write_setup(directory: Path, *, listen: str, origins: list[str],
             raise InitError(f"cannot create {folder}: {e.strerror}") from None
     jwt_key = ec.generate_private_key(ec.SECP256R1())
     _write_new(paths["secret"], (secrets.token_urlsafe(48) + "\n").encode("ascii"))
+    _write_new(paths["admin_token"],
+               (secrets.token_urlsafe(32) + "\n").encode("ascii"))
     _write_new(paths["private"], jwt_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
@@ -209,7 +233,8 @@ def _next_steps(paths: dict[str, Path], self_signed_for: list[str] | None,
         f", {paths['cert']} and {paths['key']} (self-signed for "
         f"{', '.join(self_signed_for)}; browsers will not trust it)")
     return _NEXT.format(config=config, secret=paths["secret"], public=paths["public"],
-                        private=paths["private"], tls=tls,
+                        private=paths["private"], admin_token=paths["admin_token"],
+                        tls=tls,
                         steps="\n".join(f"  {n}. {s}" for n, s in
                                         enumerate(steps, 1)))
 
@@ -226,6 +251,7 @@ def run_init(args: argparse.Namespace) -> int:
         return 2
     try:
         paths = write_setup(Path(args.directory), listen=args.listen,
+                            admin_listen=args.admin_listen,
                             origins=list(args.origin), self_signed_for=names,
                             now=datetime.datetime.now(datetime.UTC))
     except InitError as e:

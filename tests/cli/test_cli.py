@@ -135,8 +135,8 @@ def test_init_writes_settings_and_fresh_secrets_mode_0600(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*")
                    if p.is_file())
-    assert files == ["cookie-secret", "jwt-private.pem", "jwt-public.pem",
-                     "securews.toml"]
+    assert files == ["admin-token", "cookie-secret", "jwt-private.pem",
+                     "jwt-public.pem", "securews.toml"]
     for path in [target, target / "tls"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
     for name in files:
@@ -148,7 +148,12 @@ def test_init_writes_settings_and_fresh_secrets_mode_0600(tmp_path: Path) -> Non
     assert settings["origin"]["allowed"] == ["https://app.example.com"]
     assert settings["auth"]["jwt"]["key_file"] == str(target / "jwt-public.pem")
     assert settings["tls"]["cert"] == str(target / "tls" / "fullchain.pem")
-    for secret_text in (secret.decode().strip(),
+    assert settings["admin"] == {"listen": "tcp:9100:interface=127.0.0.1",
+                                 "token_file": str(target / "admin-token")}
+    admin_token = (target / "admin-token").read_text()
+    assert admin_token.endswith("\n")
+    assert len(admin_token.strip()) >= 32
+    for secret_text in (secret.decode().strip(), admin_token.strip(),
                         (target / "jwt-private.pem").read_text()):
         assert secret_text not in result.stdout + result.stderr
     assert f"put the certificate (full chain) at {target}/tls/fullchain.pem" in \
@@ -177,6 +182,7 @@ def test_init_then_check_needs_only_the_certificate(tmp_path: Path,
     target = tmp_path / "etc"
     port = free_port()
     securews("init", str(target), "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--admin-listen", f"tcp:{free_port()}:interface=127.0.0.1",
              "--origin", "https://app.example.com", cwd=tmp_path)
     config = str(target / "securews.toml")
     result = securews("check", "--config", config, cwd=tmp_path)
