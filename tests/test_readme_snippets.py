@@ -4,12 +4,15 @@ first line and either run (as written, but for a free port instead of
 8443/9443, a scratch ``HOME`` and the test virtualenv's ``.venv/bin``) or,
 where it needs the outside world (a browser's certificate store, a second
 virtualenv), checked against what it refers to.  A block this file does
-not know fails the test, so a new snippet gets a check with it.
+not know fails the test, so a new snippet gets a check with it.  A few
+examples that are not blocks are checked too: the channels requests
+(definition-list terms) and the cluster calls of the embedding section.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import runpy
@@ -111,6 +114,11 @@ KNOWN: dict[str, str] = {
     ".venv/bin/python -m pytest tests/conformance": "test_conformance_commands",
     ".venv/bin/python -m tests.conformance --full": "test_conformance_commands",
     "affinity read back:": "benchmark output, not a command",
+    "class Notifier(securews.SecureServerProtocol):": "test_notifier_snippet",
+    'curl -H "Authorization: Bearer $(cat /etc/securews/admin-token)"':
+        "test_revoking_with_curl",
+    "kind             handshakes/s": "test_cluster_benchmark_table "
+        "(benchmark output, not a command)",
 }
 
 
@@ -293,3 +301,110 @@ def test_conformance_commands() -> None:
     assert (REPO / "tests/conformance/test_autobahn.py").exists()
     runner = (REPO / "tests/conformance/__main__.py").read_text()
     assert re.search(r"[\"']--full[\"']", runner)
+
+
+def test_notifier_snippet() -> None:
+    """The class as written joins its user's channel: a message published
+    there reaches the session; the claim names the channel as README says."""
+    import securews
+    from securews.auth import Principal
+    from securews.testing import MemorySession
+
+    namespace: dict[str, object] = {"securews": securews}
+    exec(block("class Notifier(securews.SecureServerProtocol):"), namespace)
+    claims = {"channels": {"sub": ["user:{sub}"]}}
+    session = MemorySession.open(namespace["Notifier"],  # type: ignore[arg-type]
+                                 principal=Principal("alice", "test", claims))
+    assert session.status == 101
+    session.factory.policy.broker.publish("user:alice", '{"note": 1}')
+    session.factory.policy.broker.publish("user:bob", '{"note": 2}')
+    (frame,) = [json.loads(m) for m in session.received()]
+    assert (frame["channel"], frame["data"]) == ("user:alice", {"note": 1})
+
+
+def test_channels_protocol_requests_parse_as_written() -> None:
+    """The requests in "Channels: publish and subscribe" (definition-list
+    terms, not code blocks) are the ones the server's parser takes."""
+    from securews.rules.channels import (
+        Invalid,
+        Publish,
+        Subscribe,
+        Unsubscribe,
+        parse_request,
+    )
+
+    tree = docutils.core.publish_doctree(README.read_text("utf-8"))
+    terms = [node.astext() for node in tree.findall(docutils.nodes.term)
+             if node.astext().startswith('{"op": ')]
+    # ANY is any JSON value, E an epoch the server gave (a string).
+    parsed = [parse_request(json.loads(re.sub(r"\bE\b", '"E"',
+                                              term.replace("ANY", "null"))))
+              for term in terms]
+    assert [type(p) for p in parsed] == [Subscribe, Subscribe, Unsubscribe, Publish]
+    assert not any(isinstance(p, Invalid) for p in parsed)
+
+
+def test_cluster_from_python_names_what_exists() -> None:
+    """The embedding paragraph's cluster calls (inline, no block): the
+    names, their parameters, and build_service doing all of it."""
+    import inspect
+
+    from securews.policy import build_policy
+    from securews.service import _service
+    from securews.service.cluster import ClusterNode, cluster_node
+
+    text = " ".join(README.read_text("utf-8").split())
+    assert ("``node = securews.service.cluster.cluster_node(config, reactor)``"
+            in text)
+    assert list(inspect.signature(cluster_node).parameters) == ["config", "reactor"]
+    assert {"shared", "serve", "startService"} <= set(dir(ClusterNode))
+    assert {"shared", "ticket_store"} <= set(
+        inspect.signature(build_policy).parameters)
+    assert "``ticket_store=node.tickets``" in text
+    assembly = inspect.getsource(_service.build_service)
+    for call in ("cluster_node(config, reactor)", "ticket_store=cluster.tickets",
+                 "shared=cluster.shared()", "cluster.serve(policy)"):
+        assert call in assembly
+
+
+def test_cluster_benchmark_table() -> None:
+    """The columns README shows are the ones bench/cluster.py prints."""
+    header = block("kind             handshakes/s").splitlines()[0].split("  ")
+    source = (REPO / "bench/cluster.py").read_text("utf-8")
+    for column in filter(None, (c.strip() for c in header)):
+        assert f"'{column}'" in source, column
+
+
+def test_revoking_with_curl(tmp_path: Path) -> None:
+    """The command as written (with init's files and ports moved): on a
+    server init set up, alice's token works, then curl revokes her (200,
+    as README says), then it is refused 401."""
+    etc = tmp_path / "etc"
+    port, admin = free_port(), free_port()
+    securews = f"{BIN}/securews"
+    init = shell(f"{securews} init {etc} --self-signed --listen "
+                 f"tcp:{port}:interface=127.0.0.1 --admin-listen "
+                 f"tcp:{admin}:interface=127.0.0.1 --origin https://app.example.com",
+                 home=tmp_path)
+    assert init.returncode == 0, init.stderr
+    config = etc / "securews.toml"
+    server = Server(["--config", str(config)], tmp_path)
+    try:
+        server.wait_for("securews listening on")
+        token = shell(f"{securews} token --config {config} --sub alice",
+                      home=tmp_path).stdout.strip()
+        client = (f"SECUREWS_TOKEN={token} {securews} client "
+                  f"wss://127.0.0.1:{port}/ws --cafile {etc}/tls/cert.pem "
+                  "--origin https://app.example.com")
+        assert shell(client, home=tmp_path, stdin="hi\n").stdout == "hi\n"
+        curl = block('curl -H "Authorization: Bearer').replace(
+            "/etc/securews", str(etc))
+        revoked = shell(curl, home=tmp_path, port=admin, old="9100")
+        assert revoked.returncode == 0, revoked.stderr
+        assert json.loads(revoked.stdout) == {"revoked": "principal",
+                                              "closed_here": 0}
+        refused = shell(client, home=tmp_path, stdin="hi\n")
+        assert refused.returncode == 1
+        assert "401 Unauthorized" in refused.stderr
+    finally:
+        server.stop()
