@@ -29,7 +29,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.support.common import unavailable
 
-__all__ = ["Browser", "chromium", "spki_hash"]
+__all__ = ["Browser", "DevToolsError", "chromium", "spki_hash"]
 
 _NAMES = ("chromium", "chromium-browser", "google-chrome")
 _START_DEADLINE = 30.0
@@ -43,6 +43,20 @@ def spki_hash(cert_pem: bytes) -> str:
     der = key.public_bytes(serialization.Encoding.DER,
                            serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
+
+
+class DevToolsError(AssertionError):
+    """A DevTools command answered with an error."""
+
+    def __init__(self, method: str, error: dict[str, Any]) -> None:
+        super().__init__(f"{method}: {error}")
+        self.error = error
+
+    @property
+    def navigating(self) -> bool:
+        """The tab has no page to run JavaScript in yet (it is between two
+        documents, e.g. while the first one loads): worth asking again."""
+        return "execution context" in str(self.error.get("message", ""))
 
 
 class Browser:
@@ -69,7 +83,7 @@ class Browser:
             reply = json.loads(self._socket.recv(timeout=left))
             if reply.get("id") == ident:
                 if "error" in reply:
-                    raise AssertionError(f"{method}: {reply['error']}")
+                    raise DevToolsError(method, reply["error"])
                 result: dict[str, Any] = reply.get("result", {})
                 return result
 
@@ -88,16 +102,24 @@ class Browser:
 
     def wait_for(self, session: str, expression: str, expected: object,
                  timeout: float = 20) -> None:
-        """Until ``expression`` is ``expected`` (polled; the deadline only
-        bounds a failure)."""
+        """Until ``expression`` is ``expected`` (polled, also while the tab
+        is between documents; the deadline only bounds a failure)."""
         deadline = time.monotonic() + timeout
-        while (value := self.evaluate(session, expression)) != expected:
+        while (value := self._poll(session, expression)) != expected:
             if time.monotonic() > deadline:
                 text = self.evaluate(session, "document.body && "
                                               "document.body.innerText")
                 raise AssertionError(f"{expression} is {value!r}, not {expected!r};"
                                      f" the page shows: {text!r}")
             time.sleep(0.1)
+
+    def _poll(self, session: str, expression: str) -> Any:
+        try:
+            return self.evaluate(session, expression)
+        except DevToolsError as e:
+            if not e.navigating:
+                raise
+            return e
 
 
 def _executable() -> str:
