@@ -217,7 +217,8 @@ def test_the_banner_says_what_is_enforced(tmp_path: Path,
     port = free_port()
     server = Server(dev(tmp_path, port), tmp_path)
     servers.append(server)
-    server.wait_for("dev mode: ON")
+    # The development-mode warning comes last, after the banner.
+    server.wait_for("DEVELOPMENT MODE, NOT FOR PRODUCTION")
     log = server.text()
     block = log[log.index(f"securews {__version__} (Twisted "):]
     for words in (f"listening: wss://127.0.0.1:{port}/ws", "TLS: 1.2 or newer",
