@@ -31,8 +31,11 @@ The names, and why they cannot be avoided:
     pyOpenSSL can set one ECDH curve, not the list (X25519, P-256, P-384):
     ``SSL_CTX_set1_groups_list`` is reached through its FFI binding.
 ``TCP4ServerEndpoint._interface`` / ``TCP6ServerEndpoint._interface``
+(and ``_port``)
     Which interface an admin endpoint string binds, exactly as Twisted
-    parsed it (positional forms, escaped colons), before it listens.
+    parsed it (positional forms, escaped colons), before it listens; and
+    which address ``securews check`` (and ``twistd`` before it
+    daemonizes) tries to bind, to report a port in use in one line.
 ``HTTPConnectionPool._factory``, ``twisted.web.client._HTTP11ClientFactory``
     The introspection and JWKS clients open a connection per request;
     Twisted's client factory logs two INFO lines for each.
@@ -62,6 +65,7 @@ __all__ = [
     "NAMES",
     "SecureTLSFactory",
     "SecureTLSTransport",
+    "endpoint_address",
     "endpoint_interface",
     "queued_bytes",
     "quiet_pool",
@@ -83,6 +87,7 @@ NAMES: tuple[tuple[type[Any] | object, str, str], ...] = (
     (SSL.Context, "_context", "set the ECDH groups"),
     (openssl_util, "lib", "set the ECDH groups"),
     (TCP4ServerEndpoint, "_interface", "check the admin interface"),
+    (TCP4ServerEndpoint, "_port", "check a listen address can be bound"),
     (HTTPConnectionPool, "_factory", "quiet HTTP client connections"),
 )
 
@@ -240,6 +245,16 @@ def endpoint_interface(endpoint: IStreamServerEndpoint) -> str | None:
         return None
     interface = getattr(endpoint, "_interface", None)
     return interface if isinstance(interface, str) else None
+
+
+def endpoint_address(endpoint: IStreamServerEndpoint) -> tuple[str, int, bool] | None:
+    """``(interface, port, ipv6)`` a TCP server endpoint binds, or ``None``
+    when it is not a TCP endpoint."""
+    interface = endpoint_interface(endpoint)
+    port = getattr(endpoint, "_port", None)
+    if interface is None or not isinstance(port, int):
+        return None
+    return interface, port, isinstance(endpoint, TCP6ServerEndpoint)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):

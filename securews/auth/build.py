@@ -19,12 +19,12 @@ from securews.auth.chain import ChainAuthenticator
 from securews.auth.credentials import explicit_credentials
 from securews.auth.interfaces import IAuthenticator, ITicketStore
 from securews.auth.tickets import InMemoryTicketStore, TicketAuthenticator, TicketBook
-from securews.rules.config import Config
+from securews.rules.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from securews.auth.jwks import JWKSKeys
 
-__all__ = ["Authentication", "build_authentication"]
+__all__ = ["Authentication", "build_authentication", "method_problems"]
 
 
 @attrs.frozen
@@ -114,3 +114,20 @@ def build_authentication(config: Config, reactor: Any, *,
         ChainAuthenticator([m for m in ordered if m.method != "ticket"],
                            explicit=explicit), jwks,
     )
+
+
+def method_problems(config: Config, reactor: Any) -> list[ConfigError]:
+    """
+    Build each method of ``auth.methods`` on its own, as
+    :func:`build_authentication` does, and return every problem rather
+    than the first (``securews check``).
+    """
+    builders = {"jwt": _jwt, "cookie": _cookie}
+    problems: list[ConfigError] = []
+    for name in config.auth.methods:
+        if name in builders:
+            try:
+                builders[name](config, reactor)
+            except ConfigError as e:
+                problems.extend(e.problems)
+    return problems

@@ -30,6 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import crypto
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import ssl
 from twisted.internet.defer import (
@@ -53,8 +56,10 @@ from twisted.python.failure import Failure
 from securews.cluster.scripts import SCRIPTS, Script
 from securews.rules.actions import Unavailable
 from securews.rules.cluster import ClusterSettings, EngineAddress, Keys
+from securews.rules.config import ConfigError
 
-__all__ = ["Engine", "EngineMisconfigured", "EngineUnavailable", "engine_endpoint"]
+__all__ = ["Engine", "EngineMisconfigured", "EngineUnavailable", "engine_endpoint",
+           "trust_root"]
 
 _log = Logger(namespace="securews.cluster")
 
@@ -75,17 +80,45 @@ class EngineMisconfigured(Exception):
     """The engine answers but must not be used as it is configured."""
 
 
+def trust_root(ca_file: str) -> Any:
+    """
+    What a ``rediss://`` engine's certificate is verified with:
+    ``cluster.ca_file``'s certificate, or the system's trust store.
+
+    :raises ConfigError: (key ``cluster.ca_file``) when the file cannot be
+        read or holds no PEM certificate.
+    """
+    if not ca_file:
+        return ssl.platformTrust()
+    try:
+        pem = Path(ca_file).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{ca_file}: cannot be read ({e.strerror or e})",
+                          key="cluster.ca_file") from None
+    try:
+        # A CA file may hold several certificates (a bundle): all count.
+        certificates = [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM))
+                        for c in x509.load_pem_x509_certificates(pem)]
+    except (ValueError, crypto.Error):
+        raise ConfigError(f"{ca_file}: not a PEM certificate",
+                          key="cluster.ca_file") from None
+    return ssl.trustRootFromCertificates(certificates)
+
+
 def engine_endpoint(reactor: Any, address: EngineAddress, timeout: float,
                     ca_file: str = "") -> IStreamClientEndpoint:
-    """The client endpoint for ``address``: TLS verified for ``rediss://``."""
+    """
+    The client endpoint for ``address``: TLS verified for ``rediss://``.
+
+    :raises ConfigError: for an unusable ``ca_file`` (:func:`trust_root`).
+    """
     if address.path:
         return UNIXClientEndpoint(reactor, address.path, timeout=timeout)
     endpoint: IStreamClientEndpoint = HostnameEndpoint(
         reactor, address.host.encode("idna"), address.port, timeout=timeout)
     if address.tls:
-        root = (ssl.trustRootFromCertificates(_certificates(Path(ca_file)))
-                if ca_file else ssl.platformTrust())
-        options = ssl.optionsForClientTLS(address.host, trustRoot=root)
+        options = ssl.optionsForClientTLS(address.host,
+                                          trustRoot=trust_root(ca_file))
         endpoint = wrapClientTLS(options, endpoint)
     return endpoint
 
@@ -95,14 +128,6 @@ def retry_policy() -> Callable[[int], float]:
     default jitter alone adds up to a second to every reconnection)."""
     return backoffPolicy(initialDelay=0.05, maxDelay=1.0,
                          jitter=lambda: random.uniform(0, 0.05))  # noqa: S311
-
-
-def _certificates(path: Path) -> list[ssl.Certificate]:
-    """Every certificate of a PEM bundle (a CA file may hold several)."""
-    text = path.read_bytes()
-    marker = b"-----END CERTIFICATE-----"
-    return [ssl.Certificate.loadPEM(block + marker)
-            for block in text.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
 
 
 def _protocol() -> Any:

@@ -65,11 +65,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 from twisted.logger import (
@@ -97,6 +99,7 @@ __all__ = [
     "WireLogger",
     "at_least_info",
     "event_as_record",
+    "log_file_problem",
     "log_handshake",
     "make_observer",
 ]
@@ -333,6 +336,27 @@ def _open(settings: LogSettings) -> IO[str]:
                           key="log.file") from None
 
 
+def log_file_problem(settings: LogSettings) -> ConfigError | None:
+    """
+    Whether ``log.file`` could be opened for appending, checked without
+    creating it (``securews check``): an existing file must be writable, a
+    new one's directory too.
+    """
+    if settings.file == "-":
+        return None
+    path = Path(settings.file)
+    if path.exists():
+        if path.is_dir() or not os.access(path, os.W_OK):
+            return ConfigError(f"cannot open {settings.file} for appending: "
+                               "not a writable file", key="log.file")
+        return None
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return ConfigError(f"cannot create {settings.file}: {folder} is not a "
+                           "writable directory", key="log.file")
+    return None
+
+
 def make_observer(settings: LogSettings, out: IO[str] | None = None) -> ILogObserver:
     """
     Build the log observer ``[log]`` asks for: :class:`JSONLineObserver`
@@ -355,13 +379,16 @@ _handshakes = Logger(namespace="securews.handshake")
 
 def log_handshake(outcome: str, status: int, reason: str | None, *, client: str,
                   head: RequestHead | None, served: tuple[str, ...],
-                  method: str | None) -> None:
+                  method: str | None, principal: str | None = None) -> None:
     """
     The one event of a request (``event = "handshake"``).  Client text is
     logged only in normalised form: the path only when it is one securews
     serves (``served``; ``"other"`` otherwise: a path can carry a token as
     well as a query can), the Origin only when it parses (``"invalid"``
     otherwise); never a header, never the query.
+
+    :param principal: who was admitted (or given a ticket): the id an
+        authenticator vouched for, never the credential.
     """
     path = origin = None
     if head is not None:
@@ -369,7 +396,9 @@ def log_handshake(outcome: str, status: int, reason: str | None, *, client: str,
         origin = printable_origin(head.values("origin"))
     _handshakes.info(
         "handshake {outcome} {status} from {client} path={path} "
-        "origin={origin} method={method} reason={reason}",
+        "origin={origin} method={method} reason={reason}"
+        + (" principal={principal}" if principal is not None else ""),
         event="handshake", outcome=outcome, status=status, client=client,
         path=path, origin=origin, reason=reason, method=method,
+        **({"principal": principal} if principal is not None else {}),
     )

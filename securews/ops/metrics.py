@@ -64,9 +64,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: How a connection's request ended: ``dropped`` and ``timeout`` got no
 #: HTTP answer (status ``0``).
 OUTCOMES = frozenset({"accepted", "refused", "dropped", "timeout", "preflight",
-                      "ticket_issued"})
+                      "ticket_issued", "page"})
 STATUSES = frozenset(str(code) for code in (
-    0, 101, 201, 204, 400, 401, 403, 404, 405, 411, 413, 415, 426, 429, 431,
+    0, 101, 200, 201, 204, 400, 401, 403, 404, 405, 411, 413, 415, 426, 429, 431,
     500, 503, 505))
 #: ``AuthenticationFailed``/``TicketRejected`` reasons raised by securews's
 #: own authenticators and ticket store.

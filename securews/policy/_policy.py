@@ -57,6 +57,7 @@ from securews.rules.actions import (
 from securews.rules.cluster import digest
 from securews.rules.config import Config
 from securews.rules.counters import Lease
+from securews.rules.devpage import dev_page_response
 from securews.rules.head import Refusal
 from securews.rules.validation import MessageValidator, build_validator
 
@@ -165,6 +166,7 @@ class Policy:
             origins=config.origin.allowed,
             allow_missing_origin=config.origin.allow_missing or config.dev,
             shared_rate=self.shared_rate is not None,
+            dev_page=dev_page_response(config.server.path) if config.dev else None,
         )
         self.connections: set[Any] = set()
         #: The open sessions, by whose credential they run on.

@@ -92,6 +92,8 @@ class AdmissionRules:
         ticket endpoint is off.
     :ivar shared_rate: a cluster-wide connect-rate limiter stands behind
         this node's own (step 6).
+    :ivar dev_page: development mode's page, the whole response to
+        ``GET /`` (:mod:`securews.rules.devpage`); ``None`` otherwise.
     """
 
     websocket_path: str
@@ -106,6 +108,7 @@ class AdmissionRules:
     origins: AllowList
     allow_missing_origin: bool
     shared_rate: bool = False
+    dev_page: bytes | None = None
 
 
 @attrs.frozen
@@ -335,11 +338,15 @@ class Refuse:
 @attrs.frozen
 class Answer:
     """Send a complete response that is not a refusal (a ticket, a CORS
-    preflight), then close."""
+    preflight, the development page), then close.
+
+    :ivar principal: whom it was for (a ticket's), for the log line.
+    """
 
     response: bytes
     outcome: str
     status: int
+    principal: Credential | None = None
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ The order, cheapest and most flood-resistant first::
       4  behind a TLS-terminating proxy: the client
          named by X-Forwarded-For, and its connect rate .. 429 rate_limited
       5  the route ....................................... 404, 405, 426, 505
+         (development mode's page at / is answered here)
       6  in a cluster, its connect rate across the nodes . 429 rate_limited
          and one of its concurrent-connection places ..... 429 too_many_connections
       7  the Origin ...................................... 403 origin
@@ -75,6 +76,7 @@ from securews.rules.actions import (
     Upgrade,
     Vouch,
 )
+from securews.rules.devpage import PAGE_PATH
 from securews.rules.head import HeadScanner, Refusal, RequestHead, route
 from securews.rules.origin import OriginError, origin_allowed, parse_origin
 from securews.rules.peer import Peer, accepted_peer, forwarded_peer
@@ -147,6 +149,9 @@ def _admission(rules: AdmissionRules, arrival: Arrival) -> Steps:
             yield _rate_limited(verdict.retry_after)
             return
 
+    if rules.dev_page is not None and head.path == PAGE_PATH:
+        yield _dev_page(rules, head, rules.dev_page)
+        return
     tickets = rules.ticket_path is not None and head.path == rules.ticket_path
     if not tickets and (wrong := route(head, websocket_path=rules.websocket_path)):
         yield Refuse(wrong)
@@ -259,8 +264,25 @@ def _ticket(rules: AdmissionRules, head: RequestHead, peer: Peer,
             yield refuse(Refusal(429, ticket.reason, (
                 ("Retry-After", str(math.ceil(rules.ticket_ttl))),)))
         return
-    yield Answer(ticket_response(ticket, rules.ticket_ttl, origin), "ticket_issued",
-                 201)
+    issued = Answer(ticket_response(ticket, rules.ticket_ttl, origin),
+                    "ticket_issued", 201)
+    yield attrs.evolve(issued, principal=result.principal)
+
+
+def _dev_page(rules: AdmissionRules, head: RequestHead,
+              page: bytes) -> Refuse | Answer:
+    """
+    Development mode's page at ``GET /`` (:mod:`securews.rules.devpage`):
+    fixed bytes, after the head was read within its bounds and the connect
+    rate charged; a foreign Origin is refused as anywhere else.
+    """
+    if head.version != "HTTP/1.1":
+        return Refuse(Refusal(505, "http_version"))
+    if head.method != "GET":
+        return Refuse(Refusal(405, "method_not_allowed", (("Allow", "GET"),)))
+    if allowed_origin(head, rules) is False:
+        return Refuse(Refusal(403, "origin"))
+    return Answer(page, "page", 200)
 
 
 def allowed_origin(head: RequestHead,

@@ -14,7 +14,7 @@ what is wrong, never a traceback.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -43,6 +43,7 @@ __all__ = [
     "AuthSettings",
     "Config",
     "ConfigError",
+    "ConfigErrors",
     "CookieSettings",
     "JWTSettings",
     "LimitsSettings",
@@ -77,6 +78,36 @@ class ConfigError(Exception):
         return self if self.source else ConfigError(self.problem, source=source,
                                                     key=self.key)
 
+    @property
+    def problems(self) -> tuple[ConfigError, ...]:
+        """Every problem this error stands for, one line each."""
+        return (self,)
+
+
+class ConfigErrors(ConfigError):
+    """
+    Several problems found at once (every bad key of a file, not only the
+    first), so that an operator fixes them in one round.  ``str()`` is the
+    first; :attr:`problems` holds them all.
+    """
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.problem, source=first.source, key=first.key)
+        self._problems = tuple(p for e in problems for p in e.problems)
+
+    @property
+    def problems(self) -> tuple[ConfigError, ...]:
+        return self._problems
+
+    def at(self, source: str) -> ConfigErrors:
+        return ConfigErrors([p.at(source) for p in self._problems])
+
+    @classmethod
+    def of(cls, problems: list[ConfigError]) -> ConfigError:
+        """One error for ``problems`` (not empty): itself when alone."""
+        return problems[0] if len(problems) == 1 else cls(problems)
+
 
 
 @attrs.frozen
@@ -85,7 +116,8 @@ class Config:
     Everything securews needs to run, parsed and checked.
 
     :ivar dev: set only by ``--dev``; relaxes anonymous access and a
-        missing Origin, nothing else.
+        missing Origin, and serves the development page at ``/``; nothing
+        else (its loopback Origins are in ``origin.allowed``).
     """
 
     server: ServerSettings = attrs.field(factory=ServerSettings)
@@ -103,59 +135,65 @@ class Config:
     dev: bool = False
 
     def __attrs_post_init__(self) -> None:
+        problems = list(self._conflicts())
+        if problems:
+            raise ConfigErrors.of(problems)
+
+    def _conflicts(self) -> Iterator[ConfigError]:
+        """Settings that are fine alone and wrong together."""
         if not self.tls.enabled and not self.server.trusted_proxies:
-            raise ConfigError(
+            yield ConfigError(
                 "plaintext (enabled = false) is only allowed behind a TLS-"
                 "terminating proxy listed in server.trusted_proxies",
                 key="tls.enabled",
             )
         if self.tls.enabled and not (self.tls.cert and self.tls.key):
-            raise ConfigError(
+            yield ConfigError(
                 "tls.cert and tls.key are required when TLS is enabled",
                 key="tls.cert",
             )
         if self.ratelimit.bytes_burst < self.limits.max_message_size:
-            raise ConfigError(
+            yield ConfigError(
                 "must be at least limits.max_message_size, or a message of the "
                 "largest allowed size could never be accepted",
                 key="ratelimit.bytes_burst")
         if self.limits.max_fragments > self.ratelimit.message_burst:
-            raise ConfigError(
+            yield ConfigError(
                 "must not exceed ratelimit.message_burst: every frame costs a "
                 "token, so a message of max_fragments frames could never be "
                 "accepted", key="limits.max_fragments")
         if self.server.proxy_protocol and not self.server.trusted_proxies:
-            raise ConfigError("needs server.trusted_proxies: PROXY headers are "
+            yield ConfigError("needs server.trusted_proxies: PROXY headers are "
                               "believed only from them", key="server.proxy_protocol")
         if self.server.trust_forwarded_for and not self.server.trusted_proxies:
-            raise ConfigError("needs server.trusted_proxies: X-Forwarded-For is "
+            yield ConfigError("needs server.trusted_proxies: X-Forwarded-For is "
                               "believed only from them",
                               key="server.trust_forwarded_for")
         if self.server.trust_forwarded_for and self.server.proxy_protocol:
-            raise ConfigError(
+            yield ConfigError(
                 "cannot be combined with server.proxy_protocol: the PROXY header "
                 "is then the only source of the client address",
                 key="server.trust_forwarded_for")
         if self.limits.max_frame_size > self.limits.max_message_size:
-            raise ConfigError(
+            yield ConfigError(
                 "must not exceed limits.max_message_size",
                 key="limits.max_frame_size",
             )
         if "anonymous" in self.auth.methods and not self.dev:
-            raise ConfigError("'anonymous' is only allowed with --dev",
+            yield ConfigError("'anonymous' is only allowed with --dev",
                               key="auth.methods")
         if self.auth.ticket.issue_path == self.server.path:
-            raise ConfigError("must differ from server.path",
+            yield ConfigError("must differ from server.path",
                               key="auth.ticket.issue_path")
         if self.server.app == "channels" and self.messages.format != "json":
-            raise ConfigError('the channels app speaks JSON: set format = "json"',
+            yield ConfigError('the channels app speaks JSON: set format = "json"',
                               key="messages.format")
         if self.cluster.ca_file and not (
                 self.cluster.enabled and self.cluster.engine.tls):
-            raise ConfigError("is for rediss:// engines only", key="cluster.ca_file")
+            yield ConfigError("is for rediss:// engines only", key="cluster.ca_file")
         if "ticket" in self.auth.methods and not (
                 {"jwt", "cookie"} & set(self.auth.methods)):
-            raise ConfigError(
+            yield ConfigError(
                 "'ticket' needs 'jwt' or 'cookie' too: they authenticate the "
                 "POST that mints a ticket", key="auth.methods")
 
@@ -235,42 +273,66 @@ def _coerce(value: object, annotation: str, key: str, source: str) -> object:
 
 def _section(cls: type[_T], table: object, name: str, source: str,
              overrides: Mapping[str, object]) -> _T:
+    """
+    One table as ``cls``.
+
+    :raises ConfigError: every problem of the table (:class:`ConfigErrors`
+        when there are several).
+    """
     if not isinstance(table, dict):
         raise ConfigError("must be a table", source=source, key=f"[{name}]")
     fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, object] = {}
+    problems: list[ConfigError] = []
     for key, value in table.items():
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(
+            problems.append(ConfigError(
                 f"unknown key (known keys: {known})",
-                source=source, key=f"{name}.{key}",
-            )
+                source=source, key=f"{name}.{_shown(key)}",
+            ))
+            continue
         annotation = str(fields[key].type)
-        if annotation in _NESTED:
-            kwargs[key] = _section(_NESTED[annotation], value, f"{name}.{key}",
-                                   source, {})
-        else:
-            kwargs[key] = _coerce(value, annotation, f"{name}.{key}", source)
+        try:
+            if annotation in _NESTED:
+                kwargs[key] = _section(_NESTED[annotation], value, f"{name}.{key}",
+                                       source, {})
+            else:
+                kwargs[key] = _coerce(value, annotation, f"{name}.{key}", source)
+        except ConfigError as e:
+            problems.append(e)
     for key, value in overrides.items():
-        kwargs[key] = _coerce(value, str(fields[key].type), f"{name}.{key}",
-                              "command line")
+        try:
+            kwargs[key] = _coerce(value, str(fields[key].type), f"{name}.{key}",
+                                  "command line")
+        except ConfigError as e:
+            problems.append(e)
     try:
-        return cls(**kwargs)
+        if not problems:
+            return cls(**kwargs)
+        failing = _failing_keys(cls, kwargs)
     except ValueError as e:
-        bad = _failing_key(cls, kwargs)
-        where = "command line" if bad in overrides else source
-        raise ConfigError(str(e), source=where, key=f"{name}.{bad}") from None
+        failing = _failing_keys(cls, kwargs) or {"?": str(e)}
+    problems += [ConfigError(why, source="command line" if bad in overrides else source,
+                             key=f"{name}.{bad}") for bad, why in failing.items()]
+    raise ConfigErrors.of(problems)
 
 
-def _failing_key(cls: type[Any], kwargs: Mapping[str, object]) -> str:
-    """Find which field's validator rejected ``kwargs``, for the message."""
+def _shown(name: str) -> str:
+    """A key as written, or quoted when it holds a line break or other
+    control character (the message stays one line)."""
+    return name if name.isprintable() else repr(name)
+
+
+def _failing_keys(cls: type[Any], kwargs: Mapping[str, object]) -> dict[str, str]:
+    """Which fields' validators reject ``kwargs``, and why, for the messages."""
+    failing = {}
     for key in kwargs:
         try:
             cls(**{key: kwargs[key]})
-        except ValueError:
-            return key
-    return "?"
+        except ValueError as e:
+            failing[key] = str(e)
+    return failing
 
 
 def from_mapping(data: Mapping[str, object], *, source: str = "",
@@ -283,23 +345,30 @@ def from_mapping(data: Mapping[str, object], *, source: str = "",
     :param overrides: ``{section: {key: value}}`` from the command line;
         they win over ``data``.
     :raises ConfigError: for any unknown section or key, wrong type or
-        out-of-range value.
+        out-of-range value; :class:`ConfigErrors` naming each when there
+        are several.
     """
     overrides = overrides or {}
+    problems: list[ConfigError] = []
     for name in data:
         if name not in _SECTIONS:
             known = ", ".join(sorted(_SECTIONS))
-            raise ConfigError(f"unknown section (known sections: {known})",
-                              source=source, key=f"[{name}]")
-    sections = {
-        name: _section(cls, data.get(name, {}), name, source,
-                       overrides.get(name, {}))
-        for name, cls in _SECTIONS.items()
-    }
+            problems.append(ConfigError(f"unknown section (known sections: {known})",
+                                        source=source, key=f"[{_shown(name)}]"))
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        try:
+            sections[name] = _section(cls, data.get(name, {}), name, source,
+                                      overrides.get(name, {}))
+        except ConfigError as e:
+            problems.append(e)
+    if problems:
+        raise ConfigErrors.of(problems)
     try:
         return Config(dev=dev, **sections)
     except ConfigError as e:
-        raise ConfigError(e.problem, source=source, key=e.key) from None
+        raise ConfigErrors.of([ConfigError(p.problem, source=source, key=p.key)
+                               for p in e.problems]) from None
 
 
 def load(path: str, *, overrides: Mapping[str, Mapping[str, object]] | None = None,

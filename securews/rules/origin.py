@@ -63,22 +63,28 @@ class OriginPattern:
     :ivar wildcard: when true, ``host`` is a suffix: the entry
         ``https://*.example.com`` matches ``https://a.example.com`` and
         ``https://a.b.example.com`` but not ``https://example.com``.
+    :ivar any_port: written ``:*``: every port of the host matches
+        (``http://localhost:*``, for pages a developer serves on whatever
+        port their tools pick); ``port`` is then 0.
     """
 
     scheme: str
     host: str
     port: int
     wildcard: bool = False
+    any_port: bool = False
 
     def __str__(self) -> str:
         """The entry, normalised (what an operator would write, default ports
         elided): ``parse_pattern(str(p)) == p``."""
         default = _DEFAULT_PORTS.get(self.scheme)
-        suffix = "" if self.port == default else f":{self.port}"
+        suffix = ":*" if self.any_port else (
+            "" if self.port == default else f":{self.port}")
         return f"{self.scheme}://{'*.' if self.wildcard else ''}{self.host}{suffix}"
 
     def matches(self, origin: Origin) -> bool:
-        if origin.scheme != self.scheme or origin.port != self.port:
+        if origin.scheme != self.scheme or not (
+                self.any_port or origin.port == self.port):
             return False
         if not self.wildcard:
             return origin.host == self.host
@@ -86,6 +92,8 @@ class OriginPattern:
 
 
 def _split(text: str, *, allow_wildcard: bool) -> tuple[str, str, int, bool]:
+    """``(scheme, host, port, wildcard)``; with ``allow_wildcard`` (an
+    allow-list entry) port 0 stands for ``:*``, any port."""
     if len(text) > _MAX_ORIGIN_LENGTH:
         raise OriginError("origin is too long")
     scheme, sep, rest = text.partition("://")
@@ -123,7 +131,9 @@ def _split(text: str, *, allow_wildcard: bool) -> tuple[str, str, int, bool]:
             raise OriginError("bad host name in origin")
         if wildcard and len(labels) < 2:
             raise OriginError("a wildcard needs a dotted domain: *.example.com")
-    if port_text:
+    if port_text == "*" and allow_wildcard:
+        port = 0
+    elif port_text:
         if not (_PORT.fullmatch(port_text) and 0 < int(port_text) < 65536):
             raise OriginError("bad port in origin")
         port = int(port_text)
@@ -146,9 +156,10 @@ def parse_origin(text: str) -> Origin:
 
 
 def parse_pattern(text: str) -> OriginPattern:
-    """Parse one allow-list entry; ``*.`` may lead the host."""
+    """Parse one allow-list entry; ``*.`` may lead the host, and ``:*``
+    (any port) end it."""
     scheme, host, port, wildcard = _split(text.strip(), allow_wildcard=True)
-    return OriginPattern(scheme, host, port, wildcard)
+    return OriginPattern(scheme, host, port, wildcard, any_port=port == 0)
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ from twisted.python.components import Componentized
 from twisted.web.resource import Resource
 
 from securews.auth.interfaces import IAuthenticator
+from securews.ops.banner import log_banner
 from securews.ops.systemd import Notifier, watchdog_service
 from securews.policy import build_policy
 from securews.rules.config import Config
@@ -98,12 +99,17 @@ class SecureWebSocketService(MultiService):
         where = (f"{scheme}://{_host_for_url(host)}:{address.port}"
                  f"{self.config.server.path}") if host else str(address)
         self.log.info("securews listening on {url}", event="startup", url=where)
+        log_banner(self.config, where)
         if self.config.dev:
+            page = f"https://{_host_for_url(host or '127.0.0.1')}:{address.port}/"
             self.log.warn(
-                "DEVELOPMENT MODE, NOT FOR PRODUCTION: anonymous access and a "
-                "missing Origin are allowed. Connect to {url}, trusting the "
-                "self-signed certificate {cert}", event="startup", url=where,
-                cert=self.config.tls.cert,
+                "DEVELOPMENT MODE, NOT FOR PRODUCTION: anonymous access, a "
+                "missing Origin and pages from this machine (Origins "
+                "http(s)://localhost, 127.0.0.1 and [::1], any port) are "
+                "allowed. Open {page} in a browser (accept the self-signed "
+                "certificate once) for a test page, or connect to {url} "
+                "trusting the certificate {cert}", event="startup", url=where,
+                page=page, cert=self.config.tls.cert,
             )
         self.notifier.ready()
         return port
@@ -168,7 +174,8 @@ def build_service(config: Config, reactor: Any, *,
                                       authenticator=authenticator, reactor=reactor)
     endpoint = server_endpoint(reactor, config.server.listen)
     context = server_context(config.tls) if config.tls.enabled else None
-    listener = ListeningService(endpoint, listening_factory(factory, context))
+    listener = ListeningService(endpoint, listening_factory(factory, context),
+                                description=config.server.listen, key="server.listen")
     factory.metrics.watch_certificate(
         None if context is None
         else lambda: context.credentials.leaf.not_valid_after_utc)

@@ -399,5 +399,6 @@ def admin_service(settings: AdminSettings, metrics: Metrics, readiness: Readines
                     for action in (actions or {}).values()), default=0)
     site = _QuietSite(AdminResource(metrics, readiness, actions), reactor, hosts,
                       max_body)
-    service = ListeningService(endpoint, site)
+    service = ListeningService(endpoint, site, description=settings.listen,
+                               key="admin.listen")
     return service

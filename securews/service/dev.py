@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -20,9 +21,16 @@ from cryptography.x509.oid import NameOID
 
 from securews.rules.config import Config, ConfigError, from_mapping
 
-__all__ = ["DEV_LISTEN", "default_state_dir", "dev_config", "ensure_certificate"]
+__all__ = ["DEV_LISTEN", "DEV_ORIGINS", "LOOPBACK_NAMES", "default_state_dir",
+           "dev_config", "ensure_certificate", "self_signed"]
 
 DEV_LISTEN = "tcp:8443:interface=127.0.0.1"
+#: Pages a developer serves from this machine, on any port: the built-in
+#: page, a bundler's dev server, ``python -m http.server``.  Never ``null``
+#: (``file:`` pages and sandboxed frames), which any page can forge.
+DEV_ORIGINS = tuple(f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1",
+                                                        "[::1]")
+                    for scheme in ("http", "https"))
 _VALIDITY = datetime.timedelta(days=365)
 _RENEW_BEFORE = datetime.timedelta(days=7)
 
@@ -31,6 +39,42 @@ def default_state_dir() -> Path:
     """``$XDG_STATE_HOME/securews`` (``~/.local/state/securews``)."""
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "securews"
+
+
+#: The names a certificate for this machine's loopback carries.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def self_signed(names: Sequence[str], *, common_name: str, now: datetime.datetime,
+                validity: datetime.timedelta) -> tuple[bytes, bytes]:
+    """
+    A self-signed ECDSA P-256 certificate for ``names`` (host names or IP
+    addresses), and its key: ``(cert PEM, unencrypted PKCS#8 key PEM)``.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    alternative: list[x509.GeneralName] = []
+    for entry in names:
+        try:
+            alternative.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            alternative.append(x509.DNSName(entry))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                       critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM,
+                              serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
 
 
 def _still_good(cert_path: Path, key_path: Path, now: datetime.datetime) -> bool:
@@ -52,31 +96,12 @@ def ensure_certificate(state_dir: Path, *,
         return cert_path, key_path
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
-                                             "securews development")])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
-            ]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                           critical=True)
-            .sign(key, hashes.SHA256())
-        )
+        cert, key = self_signed(LOOPBACK_NAMES, common_name="securews development",
+                                now=now, validity=_VALIDITY)
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            f.write(key)
+        cert_path.write_bytes(cert)
     except OSError as e:
         raise ConfigError(f"cannot write the development certificate: {e}",
                           source=str(state_dir)) from None
@@ -85,11 +110,19 @@ def ensure_certificate(state_dir: Path, *,
 
 def dev_config(state_dir: Path, *, now: datetime.datetime,
                overrides: dict[str, dict[str, object]] | None = None) -> Config:
-    """The settings of ``twistd securews --dev``."""
+    """
+    The settings of ``twistd securews --dev``: the loopback Origins
+    (:data:`DEV_ORIGINS`) are allowed besides any ``--allow-origin``.
+    """
     cert, key = ensure_certificate(state_dir, now=now)
     data: dict[str, dict[str, object]] = {
         "server": {"listen": DEV_LISTEN},
         "tls": {"cert": str(cert), "key": str(key)},
         "auth": {"methods": ["anonymous"]},
+        "origin": {"allowed": list(DEV_ORIGINS)},
     }
+    overrides = {section: dict(values) for section, values in (overrides or {}).items()}
+    extra = overrides.get("origin", {}).get("allowed")
+    if isinstance(extra, list):
+        overrides["origin"]["allowed"] = [*DEV_ORIGINS, *extra]
     return from_mapping(data, source="--dev", overrides=overrides, dev=True)

@@ -32,6 +32,7 @@ from securews.rules.actions import (
     Answer,
     Arrival,
     Authenticate,
+    Credential,
     DropUnread,
     HeadRead,
     ReadBody,
@@ -41,6 +42,7 @@ from securews.rules.actions import (
     Upgrade,
 )
 from securews.rules.codes import CloseCode
+from securews.rules.devpage import PAGE_PATH
 from securews.rules.head import Refusal, RequestHead
 from securews.rules.responses import render_refusal
 from securews.wire.backpressure import limit_send_buffer
@@ -92,6 +94,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _request_whole = False
     _summarised = False
     _accepted_at: float | None = None
+    _answered_for: Credential | None = None
 
     def _choose_subprotocol(self, offered: list[str]) -> str | None:
         """Overridden by the session half, which knows the app's subprotocols."""
@@ -199,7 +202,9 @@ class HandshakeProtocol(WebSocketServerProtocol):
                     self._upgrade.errback(_Denied(refusal))
                 else:
                     self._refuse(refusal)
-            case Answer(response=response, outcome=outcome, status=status):
+            case Answer(response=response, outcome=outcome, status=status,
+                        principal=principal):
+                self._answered_for = principal
                 self._respond(response, outcome, status, None)
             case DropUnread(reason=reason):
                 self._dropped = True
@@ -415,10 +420,16 @@ class HandshakeProtocol(WebSocketServerProtocol):
             return None
         now: float = self.policy.clock.seconds()
         return now - self._accepted_at
+
     def _log_handshake(self, outcome: str, reason: str | None, status: int) -> None:
-        config = self.policy.config
+        policy = self.policy
+        config = policy.config
+        served = (config.server.path, config.auth.ticket.issue_path,
+                  *((PAGE_PATH,) if policy.rules.dev_page is not None else ()))
+        principal = None if self._denied_method else (
+            self.principal or self._answered_for)
         log_handshake(
             outcome, status, reason, client=self.client, head=self._head,
-            served=(config.server.path, config.auth.ticket.issue_path),
-            method=self._denied_method or (
-                self.principal.method if self.principal else None))
+            served=served,
+            method=self._denied_method or (principal.method if principal else None),
+            principal=principal.id if principal else None)

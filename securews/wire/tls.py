@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 from cryptography import x509
@@ -39,7 +41,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from securews._twisted import set_groups
-from securews.rules.config import ConfigError, TLSSettings
+from securews.rules.config import ConfigError, ConfigErrors, TLSSettings
 
 __all__ = [
     "DEFAULT_CIPHERS",
@@ -64,6 +66,7 @@ DEFAULT_CIPHERS = ":".join([
 ECDH_GROUPS = b"X25519:P-256:P-384"
 ALPN = b"http/1.1"
 _MIN_RSA_BITS = 2048
+_T = TypeVar("_T")
 _FS_AEAD = re.compile(
     r"(?:ECDHE|DHE)-[A-Z0-9-]*(?:GCM|CHACHA20-POLY1305|CCM)(?:-[A-Z0-9]+)*"
 )
@@ -125,13 +128,27 @@ def load_credentials(settings: TLSSettings, *,
     Read and check the certificate, chain, key and client CA files.
 
     :param now: the current time, for the expiry check.
-    :raises ConfigError: naming the ``tls.*`` key and the problem.
+    :raises ConfigError: naming the ``tls.*`` key and the problem (every
+        unreadable file at once, :class:`ConfigErrors`).
     """
-    certs = _certificates(settings.cert, "tls.cert")
-    leaf, chain = certs[0], certs[1:]
-    if settings.chain:
-        chain += _certificates(settings.chain, "tls.chain")
-    key = _private_key(settings.key)
+    problems: list[ConfigError] = []
+
+    def attempt(read: Callable[[], _T]) -> _T | None:
+        try:
+            return read()
+        except ConfigError as e:
+            problems.append(e)
+            return None
+
+    certs = attempt(lambda: _certificates(settings.cert, "tls.cert"))
+    extra = attempt(lambda: _certificates(settings.chain, "tls.chain")
+                    if settings.chain else [])
+    key = attempt(lambda: _private_key(settings.key))
+    cas = attempt(lambda: _certificates(settings.client_ca, "tls.client_ca")
+                  if settings.client_ca else [])
+    if certs is None or extra is None or key is None or cas is None:
+        raise ConfigErrors.of(problems)
+    leaf, chain = certs[0], certs[1:] + extra
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
                       | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         kind = "DSA" if isinstance(key, dsa.DSAPrivateKey) else type(key).__name__
@@ -158,10 +175,7 @@ def load_credentials(settings: TLSSettings, *,
             f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
             key="tls.cert",
         )
-    client_cas: list[x509.Certificate] = []
-    if settings.client_ca:
-        client_cas = _certificates(settings.client_ca, "tls.client_ca")
-    return ServerCredentials(leaf, tuple(chain), key, tuple(client_cas))
+    return ServerCredentials(leaf, tuple(chain), key, tuple(cas))
 
 
 def _select_alpn(connection: SSL.Connection,

@@ -159,3 +159,42 @@ def test_allow_list_entries_round_trip(
     """An allow-list printed (startup logs, settings) parses back to itself."""
     allow = parse_allow_list([render(scheme, ("*." if wildcard else "") + host, port)])
     assert parse_allow_list(allow.entries) == allow
+
+
+@pytest.mark.parametrize(("entry", "header", "expected"), [
+    ("http://localhost:*", "http://localhost:5173", True),
+    ("http://localhost:*", "http://localhost", True),
+    ("http://localhost:*", "http://LOCALHOST:8000", True),
+    ("http://localhost:*", "https://localhost:5173", False),
+    ("http://localhost:*", "http://localhost.evil.net:5173", False),
+    ("http://localhost:*", "http://127.0.0.1:5173", False),
+    ("https://[::1]:*", "https://[::1]:8443", True),
+    ("https://[::1]:*", "https://[0:0::1]:9", True),
+    ("https://[::1]:*", "https://[::2]:8443", False),
+    ("https://*.example.com:*", "https://a.example.com:4443", True),
+    ("https://*.example.com:*", "https://example.com:4443", False),
+])
+def test_any_port_entries_match_every_port_of_their_host(
+    entry: str, header: str, expected: bool
+) -> None:
+    """``:*`` relaxes the port only: scheme and host still match exactly."""
+    assert origin_allowed(header, parse_allow_list([entry]),
+                          allow_missing=False) is expected
+
+
+@pytest.mark.parametrize("header", ["http://localhost:*", "https://[::1]:*"])
+def test_a_header_never_carries_a_port_wildcard(header: str) -> None:
+    """``:*`` is allow-list syntax; a browser never sends it."""
+    with pytest.raises(OriginError):
+        parse_origin(header)
+    assert not origin_allowed(header, parse_allow_list(["http://localhost:*"]),
+                              allow_missing=True)
+
+
+@given(host=domains, scheme=schemes, wildcard=st.booleans())
+def test_any_port_entries_round_trip(host: str, scheme: str, wildcard: bool) -> None:
+    """``:*`` survives printing (startup banner) and parsing back."""
+    entry = f"{scheme}://{'*.' if wildcard else ''}{host}:*"
+    allow = parse_allow_list([entry])
+    assert allow.entries == (entry,)
+    assert parse_allow_list(allow.entries) == allow

@@ -76,9 +76,10 @@ def test_dev_mode_echoes_text_and_binary(tmp_path: Path,
     state = tmp_path / "state"
     server = start(servers, ["--dev", "--state-dir", str(state),
                              "--listen", f"tcp:{port}:interface=127.0.0.1"], tmp_path)
+    # The development-mode warning comes last, after the banner.
+    server.wait_for("DEVELOPMENT MODE, NOT FOR PRODUCTION")
     log = server.text()
     assert f"wss://127.0.0.1:{port}/ws" in log
-    assert "NOT FOR PRODUCTION" in log
     assert str(state / "dev-cert.pem") in log
     with connect(f"wss://127.0.0.1:{port}/ws",
                  ssl=client_context(state / "dev-cert.pem")) as ws:

@@ -12,7 +12,7 @@ import pytest
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent
+from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 
 from securews.auth.anonymous import AnonymousAuthenticator
@@ -404,3 +404,22 @@ def test_foreign_origin_ticket_refusal_carries_no_cors(clock: Clock) -> None:
     got, response = post(ticket_factory(clock), b"{}", origin="https://evil.example")
     assert got == 403
     assert b"Access-Control" not in response
+
+
+def test_the_log_names_who_got_a_ticket_and_who_was_admitted(
+    clock: Clock, events: list[LogEvent]
+) -> None:
+    """ticket_issued names the issuer's method and the principal; the 101
+    spent with the ticket names the principal too (never the ticket)."""
+    factory = ticket_factory(clock)
+    ticket = ticket_of(post(factory)[1])
+    assert status(handshake(factory, path=f"/ws?ticket={ticket}")[1]) == 101
+    lines = [formatEvent(e) for e in events if e.get("event") == "handshake"]
+    assert lines == [
+        "handshake ticket_issued 201 from 203.0.113.7 path=/tickets "
+        f"origin={ORIGIN} method=cookie reason=None principal=alice",
+        "handshake accepted 101 from 203.0.113.7 path=/ws "
+        f"origin={ORIGIN} method=ticket reason=None principal=alice",
+    ]
+    assert [e.get("principal") for e in events if e.get("event") == "handshake"
+            ] == ["alice", "alice"]

@@ -118,7 +118,7 @@ def _session(port: int, ctx: ssl.SSLContext) -> Session:
     """Handshake, send a plain HTTP request, read the status line of the reply."""
     with socket.create_connection((HOST, port), timeout=TIMEOUT) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as conn:
-        conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        conn.sendall(b"GET /elsewhere HTTP/1.1\r\nHost: localhost\r\n\r\n")
         data = b""
         while b"\r\n" not in data:
             chunk = conn.recv(4096)
@@ -499,7 +499,7 @@ def _renegotiate(port: int) -> Renegotiation:
         pending = conn.renegotiate_pending()
         reply = b""
         if error is None:
-            conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            conn.sendall(b"GET /elsewhere HTTP/1.1\r\nHost: localhost\r\n\r\n")
             reply = conn.recv(4096)
         return Renegotiation(error, pending, reply)
 
@@ -544,7 +544,7 @@ async def test_server_refuses_client_renegotiation(
 def _ticket_issued(port: int, ctx: ssl.SSLContext) -> bool:
     with socket.create_connection((HOST, port), timeout=TIMEOUT) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as conn:
-        conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        conn.sendall(b"GET /elsewhere HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert conn.recv(4096).startswith(b"HTTP/1.1 ")
         assert conn.session is not None
         return bool(conn.session.has_ticket)
