@@ -51,7 +51,12 @@ VERIFIED = ((26, 10, 2), (27,))
 OVERRIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
     "_dataReceived": (("data",), "the session reads frames without the "
                       "per-read debug formatting of Autobahn's dataReceived"),
-    "_onOpen": ((), "log the accepted handshake before pipelined frames run"),
+    "_onOpen": ((), "log the accepted handshake before pipelined frames run; "
+                "no transport details"),
+    "_connectionMade": ((), "no debug line formatted eagerly"),
+    "_connectionLost": (("reason",), "no debug line formatted eagerly"),
+    "connectionMade": ((), "no transport details, no debug lines"),
+    "connectionLost": (("reason",), "no debug lines"),
     "_fail_connection": (("code", "reason"), "fixed close reasons per code"),
     "_protocol_violation": (("reason",), "1002 and stop reading"),
     "_invalid_payload": (("reason",), "1007 and stop reading"),
@@ -76,6 +81,8 @@ SERVER_OVERRIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
 }
 #: Protocol attributes securews reads or writes, and why.
 STATE: dict[str, str] = {
+    "CONFIG_ATTRS": "options to copy to each protocol: securews copies its own "
+                    "(Autobahn's loop formats them all for a debug line)",
     "_perMessageCompress": "replace the deflate extension with a bounded one",
     "websocket_extensions_in_use": "the same",
     "message_data_total_length": "count only inflated octets",

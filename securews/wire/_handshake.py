@@ -12,6 +12,7 @@ completes or refuses it, and keeps the connection's timers and logs.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -92,6 +93,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _request_whole = False
     _summarised = False
     _accepted_at: float | None = None
+    tcpNoDelay: bool  # an Autobahn option, copied from the factory
 
     def _choose_subprotocol(self, offered: list[str]) -> str | None:
         """Overridden by the session half, which knows the app's subprotocols."""
@@ -143,7 +145,12 @@ class HandshakeProtocol(WebSocketServerProtocol):
         else:
             starting = False
         self.factory.connection_made(self)
-        super().connectionMade()
+        # Autobahn's Twisted connectionMade, minus what it builds for WAMP
+        # and for debug lines formatted eagerly (securews drops them): the
+        # transport details and the peer string.
+        with suppress(Exception):  # a UNIX socket; an in-memory transport
+            self._transport.setTcpNoDelay(self.tcpNoDelay)
+        self._connectionMade()
         # securews's own timer: Autobahn's rounds deadlines down to a whole
         # second (txaio's batched timer), cutting short timeouts by up to 1 s.
         self._handshake_timer = policy.clock.callLater(
@@ -287,7 +294,19 @@ class HandshakeProtocol(WebSocketServerProtocol):
         self._stop_handshake_timer()
         self._log_handshake("accepted", None, 101)
         self.policy.answered("accepted", 101, None, self._elapsed())
-        super()._onOpen()
+        # Autobahn's Twisted _onOpen would first fill in its transport
+        # details (TLS channel binding, peer certificate) for WAMP.
+        self.onOpen()
+
+    def _connectionMade(self) -> None:
+        """Autobahn's, minus a debug line it formats eagerly."""
+        WebSocketProtocol._connectionMade(self)
+        self.factory.countConnections += 1
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's, minus a debug line it formats eagerly."""
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:
@@ -365,7 +384,8 @@ class HandshakeProtocol(WebSocketServerProtocol):
             else:
                 policy.answered("timeout", 0, "handshake_timeout", self._elapsed())
         try:
-            super().connectionLost(reason)
+            # Autobahn's Twisted connectionLost only adds debug lines.
+            self._connectionLost(reason)
         finally:
             if self._reaper is not None and self._reaper.active():
                 self._reaper.cancel()

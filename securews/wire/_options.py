@@ -6,6 +6,14 @@ the attribute and reads it from the protocol from then on, so an
 application could lift a limit for its sessions with one assignment.
 Here each option is a read-only property reading the factory's pinned
 value: assigning one raises.
+
+Autobahn's copying loop also formats every option of every connection
+for a debug line (``pprint.pformat`` of the list: 1.35 million
+instructions per connection, more than the rest of Autobahn's handshake
+together), which securews's logger throws away.  So the protocol's
+``CONFIG_ATTRS`` is empty: the pinned options need no copy, and
+:meth:`PinnedOptionsProtocol.connectionMade` copies the others
+(:data:`COPIED_OPTIONS`) itself, as Autobahn would.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ from typing import Any
 import attrs
 from autobahn.twisted.websocket import WebSocketServerProtocol
 
-__all__ = ["PINNED_OPTIONS", "PinnedOptions", "PinnedOptionsProtocol"]
+__all__ = ["COPIED_OPTIONS", "PINNED_OPTIONS", "PinnedOptions",
+           "PinnedOptionsProtocol"]
 
 
 #: The Autobahn options a SecureServerFactory sets (limits, validation,
@@ -32,6 +41,10 @@ PINNED_OPTIONS = (
 #: A factory's values of :data:`PINNED_OPTIONS`, immutable.
 PinnedOptions = attrs.make_class("PinnedOptions", list(PINNED_OPTIONS),
                                  frozen=True, slots=True)
+#: Autobahn's other options (logging, masking, fragmenting, ...): copied
+#: from the factory onto each protocol when its connection is made.
+COPIED_OPTIONS = tuple(name for name in WebSocketServerProtocol.CONFIG_ATTRS
+                       if name not in PINNED_OPTIONS)
 
 
 def _pinned(name: str) -> Any:
@@ -51,6 +64,17 @@ def _pinned(name: str) -> Any:
 
 class PinnedOptionsProtocol(WebSocketServerProtocol):
     """Autobahn's protocol with every option securews sets made read-only."""
+
+    #: Nothing for Autobahn to copy (and format): see the module docstring.
+    CONFIG_ATTRS = ()  # type: ignore[assignment]  # Autobahn: a list
+
+    def connectionMade(self) -> None:
+        """Copy the options securews does not pin from the factory, as
+        Autobahn's ``_connectionMade`` would, before anything reads them."""
+        factory = self.factory
+        vars(self).update({name: getattr(factory, name) for name in COPIED_OPTIONS
+                           if not hasattr(self, name)})
+        super().connectionMade()
 
     # Read-only: see _pinned.
     webStatus = _pinned("webStatus")

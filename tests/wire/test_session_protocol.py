@@ -412,6 +412,28 @@ def test_pinned_options_are_read_only_on_every_protocol() -> None:
         assert name in WebSocketServerProtocol.CONFIG_ATTRS, name
 
 
+def test_every_other_autobahn_option_is_copied_from_the_factory(clock: Clock) -> None:
+    """
+    securews copies the options it does not pin itself (Autobahn's loop
+    would format them all for a debug line): each session has the value
+    its factory had when the connection was made, every Autobahn option
+    is either pinned or copied, and Autobahn's loop has nothing to copy.
+    """
+    from securews.wire._options import COPIED_OPTIONS, PINNED_OPTIONS
+
+    assert set(COPIED_OPTIONS) | set(PINNED_OPTIONS) == set(
+        WebSocketServerProtocol.CONFIG_ATTRS)
+    assert SecureServerProtocol.CONFIG_ATTRS == ()
+    factory = make_factory(clock, AnonymousAuthenticator())
+    factory.setProtocolOptions(autoFragmentSize=1000)
+    proto, _ = handshake(factory)
+    factory.setProtocolOptions(autoFragmentSize=2000)
+    for name in COPIED_OPTIONS:
+        assert name in vars(proto), name
+    assert proto.autoFragmentSize == 1000
+    assert handshake(factory)[0].autoFragmentSize == 2000
+
+
 # -- a session never outlives its credential ---------------------------------------
 
 
