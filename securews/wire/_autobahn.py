@@ -27,6 +27,7 @@ Twisted's and pyOpenSSL's private names have their own fence,
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from importlib.metadata import version
 from typing import Any
@@ -35,11 +36,13 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.compress_deflate import PerMessageDeflate
 
 __all__ = [
+    "HANDSHAKE_STATE",
     "OVERRIDDEN",
     "STATE",
     "VERIFIED",
     "pending_compressed_octets",
     "per_message_compress",
+    "release_handshake_state",
     "replace_per_message_compress",
 ]
 
@@ -102,6 +105,14 @@ STATE: dict[str, str] = {
     "wasNotCleanReason": "the reason Autobahn logs (never client text)",
     "wasServerConnectionDropTimeout": "the close timer fired",
 }
+#: Protocol attributes that hold the opening handshake's request and
+#: answer, read by Autobahn only before the session opens: set to ``None``
+#: once it has (:func:`release_handshake_state`).
+HANDSHAKE_STATE: tuple[str, ...] = (
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host",
+    "http_response_data", "websocket_protocols", "websocket_extensions",
+)
 #: ``PerMessageDeflate`` internals the bounded extension builds on.
 DEFLATE_STATE: dict[str, str] = {
     "_is_server": "which direction inflates",
@@ -128,9 +139,12 @@ def _module_sources(klass: type[Any]) -> str:
 
 
 def _sets(klass: type[Any], name: str, sources: str) -> bool:
-    """Whether ``klass`` (or a base) has ``name`` or assigns ``self.name``."""
+    """Whether ``klass`` (or a base) has ``name`` or assigns ``self.name``
+    (alone or among the targets of one assignment)."""
     return (hasattr(klass, name) or f"self.{name} =" in sources
-            or f"self.{name}:" in sources)
+            or f"self.{name}:" in sources
+            or re.search(rf"^\s*[\w., ]*\bself\.{name}\b[\w., ]*=(?!=)",
+                         sources, re.MULTILINE) is not None)
 
 
 def _check() -> None:
@@ -158,6 +172,9 @@ def _check() -> None:
     sources = _module_sources(klass)
     problems += [f"WebSocketServerProtocol.{name} is no longer set ({why})"
                  for name, why in STATE.items() if not _sets(klass, name, sources)]
+    problems += [f"WebSocketServerProtocol.{name} is no longer set (handshake "
+                 "state released once a session opens)"
+                 for name in HANDSHAKE_STATE if not _sets(klass, name, sources)]
     deflate = _module_sources(PerMessageDeflate)
     problems += [f"PerMessageDeflate.{name} is no longer set ({why})"
                  for name, why in DEFLATE_STATE.items()
@@ -169,6 +186,17 @@ def _check() -> None:
 
 
 _check()
+
+
+# -- the opening handshake's state ----------------------------------------------
+
+
+def release_handshake_state(protocol: Any) -> None:
+    """Drop Autobahn's copies of the opening handshake (the request head,
+    with any credential in it, parsed several ways) from an open session."""
+    for name in HANDSHAKE_STATE:
+        if name in vars(protocol):
+            setattr(protocol, name, None)
 
 
 # -- the permessage-deflate extension of one connection -------------------------

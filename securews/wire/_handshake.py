@@ -44,6 +44,7 @@ from securews.rules.actions import (
 from securews.rules.codes import CloseCode
 from securews.rules.head import Refusal, RequestHead
 from securews.rules.responses import render_refusal
+from securews.wire._autobahn import release_handshake_state
 from securews.wire.backpressure import limit_send_buffer
 from securews.wire.proxy import proxy_header
 from securews.wire.tls import peer_subject
@@ -298,6 +299,27 @@ class HandshakeProtocol(WebSocketServerProtocol):
         # details (TLS channel binding, peer certificate) for WAMP.
         self.onOpen()
 
+    @property
+    def _head_read(self) -> bool:
+        """Whether a whole request head was read (``_taken`` counts its
+        bytes; the head itself is released once a session opens)."""
+        return self._taken > 0
+
+    def release_handshake(self) -> None:
+        """
+        The session is open: let go of what only the handshake needed, so
+        that an idle session holds no copy of its request (nor the
+        credential in it): admission's run (its places stay held), the
+        parsed head, the subprotocol offer, and Autobahn's copies of the
+        request (:data:`~securews.wire._autobahn.HANDSHAKE_STATE`).
+        """
+        if self._admission is not None:
+            self._admission.settle()
+        self._head = None
+        self._offered = None
+        self._upgrade = None
+        release_handshake_state(self)
+
     def _connectionMade(self) -> None:
         """Autobahn's, minus a debug line it formats eagerly."""
         WebSocketProtocol._connectionMade(self)
@@ -369,7 +391,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_handshake_timer()
         policy = self.policy
-        if reason.check(SSL.Error) and self._head is None:
+        if reason.check(SSL.Error) and not self._head_read:
             # OpenSSL failed before a whole request head was decrypted: a
             # TLS handshake failure (no shared suite or version, a client
             # that rejects the certificate, plain HTTP on the TLS port, ...)
@@ -379,7 +401,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
                 policy.metrics.tls_failure()
             policy.dropped("tls_failure", self.client)
         elif getattr(self, "wasOpenHandshakeTimeout", False):
-            if self._head is None:
+            if not self._head_read:
                 policy.dropped("handshake_timeout", self.client, self._elapsed())
             else:
                 policy.answered("timeout", 0, "handshake_timeout", self._elapsed())
