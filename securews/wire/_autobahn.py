@@ -60,6 +60,7 @@ OVERRIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
     "_connectionLost": (("reason",), "no debug line formatted eagerly"),
     "connectionMade": ((), "no transport details, no debug lines"),
     "connectionLost": (("reason",), "no debug lines"),
+    "dataReceived": (("data",), "no debug line formatted eagerly"),
     "_fail_connection": (("code", "reason"), "fixed close reasons per code"),
     "_protocol_violation": (("reason",), "1002 and stop reading"),
     "_invalid_payload": (("reason",), "1007 and stop reading"),

@@ -257,7 +257,9 @@ class HandshakeProtocol(WebSocketServerProtocol):
             # Dropped, answered, closed or a complete ticket request:
             # nothing more is read, so nothing piles up meanwhile.
             return
-        super().dataReceived(data)
+        # Autobahn's Twisted dataReceived only adds a debug line whose
+        # highlighted values it formats eagerly.
+        self._dataReceived(data)
 
     def processHandshake(self) -> None:
         """Autobahn's hook for every read before the upgrade: bytes for
