@@ -23,6 +23,18 @@ The names, and why they cannot be avoided:
     within every byte and frame limit.  :class:`SecureTLSTransport`
     delivers all the records of one socket read in one call, and reports
     how many there were, so the session can charge them.
+``TLSMemoryBIOProtocol._flushSendBIO``, ``BufferingTLSTransport._aggregator``,
+``FileDescriptor._writeDisconnected``, ``Connection._aborting``
+    Twisted holds every small TLS write until the next reactor iteration
+    (a ``callLater(0)`` per write) and hands the encrypted bytes to a TCP
+    transport that only queues them and asks the reactor to watch for
+    writability (two ``epoll_ctl`` calls and one more ``epoll_wait`` per
+    message).  :class:`SecureTLSTransport` gathers the writes a read causes
+    and sends them when the read has been delivered (other writes keep
+    Twisted's timer), and passes the encrypted bytes straight to the
+    socket when the TCP transport has nothing queued and is neither
+    closed, aborted nor half-closed; what the socket does not take is
+    queued as before.
 ``TLSMemoryBIOProtocol._appSendBuffer``, ``BufferingTLSTransport._aggregator``
 (``_buffer``), ``FileDescriptor`` ``dataBuffer``/``offset``/``_tempDataLen``
     What a connection has queued and not yet sent: Twisted has no public
@@ -45,13 +57,21 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL import _util as openssl_util
+from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IAddress, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import (
     BufferingTLSTransport,
@@ -69,6 +89,7 @@ __all__ = [
     "endpoint_interface",
     "queued_bytes",
     "quiet_pool",
+    "send_now",
     "set_groups",
 ]
 
@@ -80,10 +101,12 @@ NAMES: tuple[tuple[type[Any] | object, str, str], ...] = (
     (TLSMemoryBIOProtocol, "_aborted", "batch decrypted records"),
     (TLSMemoryBIOProtocol, "_shutdownTLS", "batch decrypted records"),
     (TLSMemoryBIOProtocol, "_tlsShutdownFinished", "batch decrypted records"),
-    (TLSMemoryBIOProtocol, "_flushSendBIO", "batch decrypted records"),
+    (TLSMemoryBIOProtocol, "_flushSendBIO", "send encrypted bytes at once"),
     (TLSMemoryBIOProtocol, "_appSendBuffer", "count queued bytes"),
-    (BufferingTLSTransport, "_aggregator", "count queued bytes"),
-    (FileDescriptor, "_tempDataLen", "count queued bytes"),
+    (BufferingTLSTransport, "_aggregator", "count queued bytes; send after a read"),
+    (FileDescriptor, "_tempDataLen", "count queued bytes; send at once"),
+    (FileDescriptor, "_writeDisconnected", "send at once"),
+    (tcp.Connection, "_aborting", "send at once"),
     (SSL.Context, "_context", "set the ECDH groups"),
     (openssl_util, "lib", "set the ECDH groups"),
     (TCP4ServerEndpoint, "_interface", "check the admin interface"),
@@ -138,16 +161,101 @@ _check(NAMES)
 # -- TLS: one delivery per socket read ----------------------------------------
 
 
+class _Aggregator:
+    """
+    Twisted's aggregation of small TLS writes (``_AggregateSmallWrites``:
+    writes are joined into one TLS record, on the next reactor iteration,
+    or at once past 64,000 bytes), except while a read is being delivered
+    (:attr:`reading`): the writes it causes (an echo, a pong) then wait
+    only for the end of that delivery, which sends them, without a timer.
+
+    :ivar _buffer: the writes held (:func:`queued_bytes` counts them).
+    """
+
+    MAX_BUFFER_SIZE = 64_000
+
+    def __init__(self, write: Callable[[bytes], object], clock: IReactorTime) -> None:
+        self._write = write
+        self._clock = clock
+        self._buffer: list[bytes] = []
+        self._left = self.MAX_BUFFER_SIZE
+        self._scheduled: IDelayedCall | None = None
+        self.reading = False
+
+    def write(self, data: bytes) -> None:
+        self._buffer.append(data + b"")  # a copy of a bytearray the caller may reuse
+        self._left -= len(data)
+        if self._left < 0:
+            self.flush()
+        elif not self.reading and self._scheduled is None:
+            self._scheduled = self._clock.callLater(0, self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._scheduled = None
+        self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            data = b"".join(self._buffer)
+            del self._buffer[:]
+            self._left = self.MAX_BUFFER_SIZE
+            self._write(data)
+
+    def close(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        self.flush()
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    Write ``data`` to ``transport``: straight to the socket of a TCP
+    connection that has nothing queued, is not closing, aborted or
+    half-closed (what the socket does not take, and everything else, is
+    queued by Twisted as always, and a failed send is left for Twisted's
+    write to discover).  No reactor round trip, no ``epoll_ctl``.
+    """
+    if (type(transport) is tcp.Server and transport.connected
+            and not transport.disconnecting and not transport._aborting
+            and not transport._writeDisconnected and not transport._tempDataLen
+            and len(transport.dataBuffer) == transport.offset):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent > 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
+
+
 class SecureTLSTransport(BufferingTLSTransport):
     """
     Twisted's TLS transport, delivering every record a socket read made
-    available in one ``dataReceived`` call.
+    available in one ``dataReceived`` call, and sending what that delivery
+    wrote at its end, straight to the socket when it can take it.
 
     Before that call the wrapped protocol's ``tlsRecordsReceived(count,
     size)`` is called, when it has one, with how many records the data
     came in and their size: tiny records cost the server per record,
     whatever they carry.
     """
+
+    def makeConnection(self, transport: Any) -> None:
+        """Gather writes with :class:`_Aggregator`, on the transport's reactor
+        (a transport without one keeps Twisted's aggregation)."""
+        clock = getattr(transport, "reactor", None)
+        if clock is not None:
+            aggregator = _Aggregator(partial(TLSMemoryBIOProtocol.write, self), clock)
+            self._aggregator = aggregator  # type: ignore[assignment]
+            self.write = aggregator.write  # type: ignore[method-assign]
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
+
+    def _flushSendBIO(self) -> None:
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except SSL.WantReadError:
+            return  # nothing to send
+        send_now(self.transport, data)
 
     def _flushReceiveBIO(self) -> None:
         chunks: list[bytes] = []
@@ -171,14 +279,24 @@ class SecureTLSTransport(BufferingTLSTransport):
             if counter is not None:
                 counter(len(chunks), len(data))
             if not self._aborted:
-                ProtocolWrapper.dataReceived(self, data)
+                aggregator = self._aggregator
+                if isinstance(aggregator, _Aggregator):
+                    aggregator.reading = True
+                    try:
+                        ProtocolWrapper.dataReceived(self, data)
+                    finally:
+                        aggregator.reading = False
+                    if not self._aborted:
+                        aggregator.flush()
+                else:
+                    ProtocolWrapper.dataReceived(self, data)
         if shutdown:
             # TLS has shut down: no more data will come (Twisted's order).
             self._shutdownTLS()  # type: ignore[no-untyped-call]
             self._tlsShutdownFinished(None)  # type: ignore[no-untyped-call]
         elif ended is not None:
             self._tlsShutdownFinished(ended)  # type: ignore[no-untyped-call]
-        self._flushSendBIO()  # type: ignore[no-untyped-call]
+        self._flushSendBIO()
 
 
 class SecureTLSFactory(TLSMemoryBIOFactory):
@@ -211,10 +329,12 @@ def queued_bytes(transport: Any) -> int:
     # attributes to the transport beneath, which would be counted twice.
     own = getattr(transport, "__dict__", {})
     total = 0
-    data = own.get("dataBuffer")
-    if isinstance(data, bytes | bytearray | memoryview):
-        total += len(data) - int(own.get("offset", 0))
-        total += int(own.get("_tempDataLen", 0))
+    if isinstance(transport, FileDescriptor):
+        # Class defaults until Twisted's first doWrite: bytes written
+        # before one (all of them, for a peer that never reads once
+        # ``send_now`` wrote the first straight to the socket) wait in
+        # the second buffer only.
+        total += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     pending = own.get("_appSendBuffer")
     if isinstance(pending, list):
         total += sum(len(chunk) for chunk in pending)

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 
 from securews import _twisted
 from securews.rules.settings import TLSSettings
@@ -129,3 +131,120 @@ async def test_records_of_one_read_are_delivered_once_and_counted(
     assert len(recorder.deliveries) < len(payload) / 10
     assert sum(count for count, _ in recorder.counts) == len(payload)
     assert [size for _, size in recorder.counts] == list(map(len, recorder.deliveries))
+
+
+class Echo(Protocol):
+    """Echoes each delivery; fires ``done`` after ``wanted`` bytes."""
+
+    def __init__(self, done: Deferred[None], wanted: int) -> None:
+        self.done = done
+        self.wanted = wanted
+        self.received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+        self.received += len(data)
+        if self.received >= self.wanted and not self.done.called:
+            self.done.callback(None)
+
+
+def ping_pong(port: int, cafile: str, messages: list[bytes]) -> list[bytes]:
+    """Over TLS, send each message and wait for its echo, then for two
+    more bytes; what came back."""
+    context = ssl.create_default_context(cafile=cafile)
+    echoes = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as sock:
+        for message in messages:
+            sock.sendall(message)
+            echo = b""
+            while len(echo) < len(message):
+                echo += sock.recv(65536)
+            echoes.append(echo)
+        last = b""
+        while len(last) < 2:  # the server's two writes outside a read
+            last += sock.recv(65536)
+        echoes.append(last)
+    return echoes
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_made_during_a_read_go_straight_to_the_socket(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    An echo over TLS: what each read writes is sent when the delivery
+    ends, through the ``_flushSendBIO`` override, straight to the socket
+    (the TCP transport never queues it nor watches for writability), and
+    no timer is scheduled for it.  A write made outside a read still
+    waits for Twisted's timer, joined with the writes after it.
+    """
+    calls: dict[str, int] = {"flush": 0, "queued": 0, "timer": 0}
+    flush_send = _twisted.SecureTLSTransport._flushSendBIO
+    queue = tcp.Server.write
+    timer = _twisted._Aggregator._scheduled_flush
+
+    def flush_spy(self: Any) -> None:
+        calls["flush"] += 1
+        flush_send(self)
+
+    def queue_spy(self: Any, data: bytes) -> None:
+        calls["queued"] += 1
+        queue(self, data)
+
+    def timer_spy(self: Any) -> None:
+        calls["timer"] += 1
+        timer(self)
+
+    monkeypatch.setattr(_twisted.SecureTLSTransport, "_flushSendBIO", flush_spy)
+    monkeypatch.setattr(tcp.Server, "write", queue_spy)
+    monkeypatch.setattr(_twisted._Aggregator, "_scheduled_flush", timer_spy)
+    messages = [bytes([65 + i % 26]) * (1 + i) for i in range(50)]
+    done: Deferred[None] = Deferred()
+    echo = Echo(done, sum(map(len, messages)))
+    context = server_context(TLSSettings(cert=str(certs.cert), key=str(certs.key)))
+    factory = _twisted.SecureTLSFactory(context, False,
+                                        Factory.forProtocol(lambda: echo))
+    port = await TCP4ServerEndpoint(global_reactor, 0,
+                                    interface="127.0.0.1").listen(factory)
+    result: list[list[bytes]] = []
+    thread = threading.Thread(target=lambda: result.append(ping_pong(
+        port.getHost().port, str(certs.ca_cert), messages)))
+    thread.start()
+    try:
+        await done
+        await deferLater(global_reactor, 0)  # the last delivery is over
+        assert calls == {"flush": calls["flush"], "queued": 0, "timer": 0}
+        assert calls["flush"] >= len(messages)
+        tls = next(iter(factory.protocols))
+        assert isinstance(tls._aggregator, _twisted._Aggregator)
+        tls.write(b"a")
+        tls.write(b"b")
+        assert _twisted.queued_bytes(tls) == 2
+        await deferLater(global_reactor, 0)
+        assert calls["timer"] == 1
+        assert _twisted.queued_bytes(tls) == 0
+    finally:
+        for connection in list(factory.protocols):
+            connection.transport.loseConnection()
+        await port.stopListening()
+        thread.join(10)
+    assert result == [[*messages, b"ab"]]
+
+
+def test_bytes_queued_before_the_first_do_write_are_counted() -> None:
+    """
+    A TCP transport whose every write so far went straight to the socket
+    has never run Twisted's doWrite: what it queues next waits in its
+    second buffer only, and is counted all the same (a peer that never
+    reads must still meet ``max_write_buffer``).
+    """
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.testing import MemoryReactor
+
+    descriptor = FileDescriptor(reactor=MemoryReactor())
+    descriptor.connected = True
+    descriptor.write(b"x" * 1000)
+    descriptor.write(b"y" * 24)
+    assert "dataBuffer" not in vars(descriptor)
+    assert _twisted.queued_bytes(descriptor) == 1024

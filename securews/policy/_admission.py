@@ -111,6 +111,16 @@ class Admission:
             self.waiting = None
             self._advance(value, None)
 
+    def settle(self) -> None:
+        """
+        The run ended in a session that stays open: the places it holds
+        are kept (until :meth:`close`), the suspended generator's frame
+        (the request head with its credential, every answer) goes, so an
+        idle session does not carry it.
+        """
+        if self.final is not None:
+            self._steps.close()
+
     def close(self) -> None:
         """The connection ended: every place is given back, and the run stops
         (an answer that arrives later is dropped, a place it brings given back)."""

@@ -27,6 +27,7 @@ Twisted's and pyOpenSSL's private names have their own fence,
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from importlib.metadata import version
 from typing import Any
@@ -35,11 +36,13 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.compress_deflate import PerMessageDeflate
 
 __all__ = [
+    "HANDSHAKE_STATE",
     "OVERRIDDEN",
     "STATE",
     "VERIFIED",
     "pending_compressed_octets",
     "per_message_compress",
+    "release_handshake_state",
     "replace_per_message_compress",
 ]
 
@@ -51,7 +54,13 @@ VERIFIED = ((26, 10, 2), (27,))
 OVERRIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
     "_dataReceived": (("data",), "the session reads frames without the "
                       "per-read debug formatting of Autobahn's dataReceived"),
-    "_onOpen": ((), "log the accepted handshake before pipelined frames run"),
+    "_onOpen": ((), "log the accepted handshake before pipelined frames run; "
+                "no transport details"),
+    "_connectionMade": ((), "no debug line formatted eagerly"),
+    "_connectionLost": (("reason",), "no debug line formatted eagerly"),
+    "connectionMade": ((), "no transport details, no debug lines"),
+    "connectionLost": (("reason",), "no debug lines"),
+    "dataReceived": (("data",), "no debug line formatted eagerly"),
     "_fail_connection": (("code", "reason"), "fixed close reasons per code"),
     "_protocol_violation": (("reason",), "1002 and stop reading"),
     "_invalid_payload": (("reason",), "1007 and stop reading"),
@@ -76,6 +85,8 @@ SERVER_OVERRIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
 }
 #: Protocol attributes securews reads or writes, and why.
 STATE: dict[str, str] = {
+    "CONFIG_ATTRS": "options to copy to each protocol: securews copies its own "
+                    "(Autobahn's loop formats them all for a debug line)",
     "_perMessageCompress": "replace the deflate extension with a bounded one",
     "websocket_extensions_in_use": "the same",
     "message_data_total_length": "count only inflated octets",
@@ -95,6 +106,14 @@ STATE: dict[str, str] = {
     "wasNotCleanReason": "the reason Autobahn logs (never client text)",
     "wasServerConnectionDropTimeout": "the close timer fired",
 }
+#: Protocol attributes that hold the opening handshake's request and
+#: answer, read by Autobahn only before the session opens: set to ``None``
+#: once it has (:func:`release_handshake_state`).
+HANDSHAKE_STATE: tuple[str, ...] = (
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host",
+    "http_response_data", "websocket_protocols", "websocket_extensions",
+)
 #: ``PerMessageDeflate`` internals the bounded extension builds on.
 DEFLATE_STATE: dict[str, str] = {
     "_is_server": "which direction inflates",
@@ -121,9 +140,12 @@ def _module_sources(klass: type[Any]) -> str:
 
 
 def _sets(klass: type[Any], name: str, sources: str) -> bool:
-    """Whether ``klass`` (or a base) has ``name`` or assigns ``self.name``."""
+    """Whether ``klass`` (or a base) has ``name`` or assigns ``self.name``
+    (alone or among the targets of one assignment)."""
     return (hasattr(klass, name) or f"self.{name} =" in sources
-            or f"self.{name}:" in sources)
+            or f"self.{name}:" in sources
+            or re.search(rf"^\s*[\w., ]*\bself\.{name}\b[\w., ]*=(?!=)",
+                         sources, re.MULTILINE) is not None)
 
 
 def _check() -> None:
@@ -151,6 +173,9 @@ def _check() -> None:
     sources = _module_sources(klass)
     problems += [f"WebSocketServerProtocol.{name} is no longer set ({why})"
                  for name, why in STATE.items() if not _sets(klass, name, sources)]
+    problems += [f"WebSocketServerProtocol.{name} is no longer set (handshake "
+                 "state released once a session opens)"
+                 for name in HANDSHAKE_STATE if not _sets(klass, name, sources)]
     deflate = _module_sources(PerMessageDeflate)
     problems += [f"PerMessageDeflate.{name} is no longer set ({why})"
                  for name, why in DEFLATE_STATE.items()
@@ -162,6 +187,17 @@ def _check() -> None:
 
 
 _check()
+
+
+# -- the opening handshake's state ----------------------------------------------
+
+
+def release_handshake_state(protocol: Any) -> None:
+    """Drop Autobahn's copies of the opening handshake (the request head,
+    with any credential in it, parsed several ways) from an open session."""
+    for name in HANDSHAKE_STATE:
+        if name in vars(protocol):
+            setattr(protocol, name, None)
 
 
 # -- the permessage-deflate extension of one connection -------------------------

@@ -12,6 +12,7 @@ completes or refuses it, and keeps the connection's timers and logs.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -45,6 +46,7 @@ from securews.rules.codes import CloseCode
 from securews.rules.devpage import PAGE_PATH
 from securews.rules.head import Refusal, RequestHead
 from securews.rules.responses import render_refusal
+from securews.wire._autobahn import release_handshake_state
 from securews.wire.backpressure import limit_send_buffer
 from securews.wire.proxy import proxy_header
 from securews.wire.tls import peer_subject
@@ -95,6 +97,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _summarised = False
     _accepted_at: float | None = None
     _answered_for: Credential | None = None
+    tcpNoDelay: bool  # an Autobahn option, copied from the factory
 
     def _choose_subprotocol(self, offered: list[str]) -> str | None:
         """Overridden by the session half, which knows the app's subprotocols."""
@@ -146,7 +149,12 @@ class HandshakeProtocol(WebSocketServerProtocol):
         else:
             starting = False
         self.factory.connection_made(self)
-        super().connectionMade()
+        # Autobahn's Twisted connectionMade, minus what it builds for WAMP
+        # and for debug lines formatted eagerly (securews drops them): the
+        # transport details and the peer string.
+        with suppress(Exception):  # a UNIX socket; an in-memory transport
+            self._transport.setTcpNoDelay(self.tcpNoDelay)
+        self._connectionMade()
         # securews's own timer: Autobahn's rounds deadlines down to a whole
         # second (txaio's batched timer), cutting short timeouts by up to 1 s.
         self._handshake_timer = policy.clock.callLater(
@@ -254,7 +262,9 @@ class HandshakeProtocol(WebSocketServerProtocol):
             # Dropped, answered, closed or a complete ticket request:
             # nothing more is read, so nothing piles up meanwhile.
             return
-        super().dataReceived(data)
+        # Autobahn's Twisted dataReceived only adds a debug line whose
+        # highlighted values it formats eagerly.
+        self._dataReceived(data)
 
     def processHandshake(self) -> None:
         """Autobahn's hook for every read before the upgrade: bytes for
@@ -292,7 +302,40 @@ class HandshakeProtocol(WebSocketServerProtocol):
         self._stop_handshake_timer()
         self._log_handshake("accepted", None, 101)
         self.policy.answered("accepted", 101, None, self._elapsed())
-        super()._onOpen()
+        # Autobahn's Twisted _onOpen would first fill in its transport
+        # details (TLS channel binding, peer certificate) for WAMP.
+        self.onOpen()
+
+    @property
+    def _head_read(self) -> bool:
+        """Whether a whole request head was read (``_taken`` counts its
+        bytes; the head itself is released once a session opens)."""
+        return self._taken > 0
+
+    def release_handshake(self) -> None:
+        """
+        The session is open: let go of what only the handshake needed, so
+        that an idle session holds no copy of its request (nor the
+        credential in it): admission's run (its places stay held), the
+        parsed head, the subprotocol offer, and Autobahn's copies of the
+        request (:data:`~securews.wire._autobahn.HANDSHAKE_STATE`).
+        """
+        if self._admission is not None:
+            self._admission.settle()
+        self._head = None
+        self._offered = None
+        self._upgrade = None
+        release_handshake_state(self)
+
+    def _connectionMade(self) -> None:
+        """Autobahn's, minus a debug line it formats eagerly."""
+        WebSocketProtocol._connectionMade(self)
+        self.factory.countConnections += 1
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's, minus a debug line it formats eagerly."""
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:
@@ -355,7 +398,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_handshake_timer()
         policy = self.policy
-        if reason.check(SSL.Error) and self._head is None:
+        if reason.check(SSL.Error) and not self._head_read:
             # OpenSSL failed before a whole request head was decrypted: a
             # TLS handshake failure (no shared suite or version, a client
             # that rejects the certificate, plain HTTP on the TLS port, ...)
@@ -365,12 +408,13 @@ class HandshakeProtocol(WebSocketServerProtocol):
                 policy.metrics.tls_failure()
             policy.dropped("tls_failure", self.client)
         elif getattr(self, "wasOpenHandshakeTimeout", False):
-            if self._head is None:
+            if not self._head_read:
                 policy.dropped("handshake_timeout", self.client, self._elapsed())
             else:
                 policy.answered("timeout", 0, "handshake_timeout", self._elapsed())
         try:
-            super().connectionLost(reason)
+            # Autobahn's Twisted connectionLost only adds debug lines.
+            self._connectionLost(reason)
         finally:
             if self._reaper is not None and self._reaper.active():
                 self._reaper.cancel()

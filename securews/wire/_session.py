@@ -15,6 +15,7 @@ application's :meth:`onValidatedMessage`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -57,6 +58,7 @@ class SessionProtocol(PinnedOptionsProtocol):
     _membership: Membership | None = None
     logOctets: bool  # an Autobahn option, copied from the factory
     policy: Policy  # HandshakeProtocol's
+    release_handshake: Callable[[], None]  # HandshakeProtocol's
 
     # -- application hooks -------------------------------------------------
 
@@ -148,6 +150,7 @@ class SessionProtocol(PinnedOptionsProtocol):
             policy.sessions.opened(self, principal)
         self._schedule()
         self._call_app(self.onSessionOpen)
+        self.release_handshake()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         for timer in (self._timer, self._close_timer):

@@ -66,6 +66,10 @@ class SecureServerProtocol(TrafficProtocol, HandshakeProtocol):  # type: ignore[
         the TCP peer, or the address a trusted proxy reported in
         ``X-Forwarded-For``.
     :ivar peer_host: the TCP peer's address.
+
+    Autobahn's ``peer`` and ``transport_details`` are left unset: building
+    them costs every connection, and ``client``, ``peer_host`` and
+    ``tls_client_subject`` say what they would.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -17,6 +17,7 @@ from twisted.logger import (
     LogLevel,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from securews.ops.logs import (
@@ -301,6 +302,44 @@ def test_text_format_is_twisted_classic_text() -> None:
     assert ours.getvalue() == theirs.getvalue()
     assert "[securews.handshake#info] handshake accepted from 203.0.113.7\n" in (
         ours.getvalue())
+
+
+text_events = st.fixed_dictionaries({
+    "log_format": st.sampled_from([
+        "handshake {outcome} from {client}", "line one\nline {two}", "{missing}",
+        "{outcome!r:>12}", "{call()}", "{{braces}} {outcome}", "", "{0}", "{client.x}",
+    ]) | st.text(max_size=20),
+    "outcome": st.text(max_size=8) | st.integers() | st.none(),
+    "client": st.text(max_size=8),
+    "two": st.text(max_size=4),
+    "call": st.just(lambda: "called"),
+}, optional={
+    # What make_observer lets through (below INFO is dropped).
+    "log_level": st.sampled_from([LogLevel.info, LogLevel.warn, LogLevel.error,
+                                  LogLevel.critical]),
+    "log_namespace": st.text(max_size=10),
+    "log_time": st.floats(min_value=0, max_value=4e9),
+    "log_system": st.text(max_size=6),
+    "log_failure": st.builds(lambda: Failure(ValueError("x"))),
+})
+
+
+@given(text_events, st.floats(min_value=0, max_value=4e9))
+def test_text_lines_are_twisted_classic_text_for_any_event(
+    event: LogEvent, other_time: float
+) -> None:
+    """securews's text formatting (one time stamp per second, str.format_map
+    for plain events) writes exactly what Twisted's text observer writes,
+    for any event, the same second twice and after another one."""
+    observer = make_observer(LogSettings(format="text"), out=io.StringIO())
+    for when in (event.get("log_time"), other_time, event.get("log_time")):
+        moved = dict(event) if when is None else {**event, "log_time": when}
+        moved["log_level"] = moved.get("log_level", LogLevel.info)
+        ours, theirs = io.StringIO(), io.StringIO()
+        make_observer(LogSettings(format="text"), out=ours)(dict(moved))
+        observer(dict(moved))
+        textFileLogObserver(theirs)(dict(moved))
+        assert ours.getvalue() == theirs.getvalue()
 
 
 json_values = st.recursive(

@@ -5,12 +5,16 @@ idle and lifetime closes, throttling, fragments, sizes and validation.
 
 from __future__ import annotations
 
+import gc
 import struct
+from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent
@@ -18,14 +22,17 @@ from twisted.logger import LogEvent
 from securews.auth.anonymous import AnonymousAuthenticator
 from securews.auth.interfaces import AuthenticationFailed, Principal
 from securews.testing import make_config
+from securews.wire._autobahn import HANDSHAKE_STATE
 from securews.wire.factory import SecureServerFactory
 from securews.wire.protocol import SecureServerProtocol
 from tests.support.memory import (
+    SECRET,
     FixedAuthenticator,
     connect,
     handshake,
     make_factory,
     request,
+    status,
 )
 
 
@@ -412,6 +419,34 @@ def test_pinned_options_are_read_only_on_every_protocol() -> None:
         assert name in WebSocketServerProtocol.CONFIG_ATTRS, name
 
 
+def test_every_other_autobahn_option_is_read_from_the_factory(clock: Clock) -> None:
+    """
+    The options securews does not pin are not copied onto each session
+    (Autobahn's loop would format them all for a debug line, and each copy
+    is a dict entry per connection): a session reads its factory's value,
+    a later change included, until it sets its own.  Every Autobahn
+    option is either pinned or read so, and Autobahn's loop has nothing
+    to copy.
+    """
+    from securews.wire._options import FACTORY_OPTIONS, PINNED_OPTIONS
+
+    assert set(FACTORY_OPTIONS) | set(PINNED_OPTIONS) == set(
+        WebSocketServerProtocol.CONFIG_ATTRS)
+    assert SecureServerProtocol.CONFIG_ATTRS == ()
+    factory = make_factory(clock, AnonymousAuthenticator())
+    factory.setProtocolOptions(autoFragmentSize=1000)
+    proto, _ = handshake(factory)
+    for name in FACTORY_OPTIONS:
+        assert name not in vars(proto), name
+        assert getattr(proto, name) == getattr(factory, name), name
+    assert proto.autoFragmentSize == 1000
+    factory.setProtocolOptions(autoFragmentSize=2000)
+    assert proto.autoFragmentSize == 2000
+    proto.setTrackTimings(True)
+    assert proto.trackTimings is True
+    assert factory.trackTimings is False
+
+
 # -- a session never outlives its credential ---------------------------------------
 
 
@@ -553,3 +588,59 @@ def test_frames_after_our_close_are_charged_and_cut_off(
     proto.dataReceived(b"".join(frame(b"", opcode=0x9) for _ in range(100)))
     assert transport.disconnecting or transport.disconnected
     assert proto.data == b""
+
+
+# -- an open session holds no copy of its handshake ------------------------------
+
+
+def _reachable(roots: list[object], stop: set[int]) -> Iterator[object]:
+    """Every object reachable from ``roots``, not through ``stop``'s."""
+    seen: set[int] = set(stop)
+    todo = list(roots)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type | ModuleType):
+            continue
+        seen.add(id(obj))
+        yield obj
+        todo.extend(gc.get_referents(obj))
+
+
+def test_an_open_session_keeps_nothing_of_its_request(clock: Clock) -> None:
+    """
+    Once onSessionOpen has returned, the session holds no copy of its
+    request head (nor the credential in it): not securews's parsed head or
+    admission's run, not Autobahn's copies; the application saw them in
+    onSessionOpen.  The places admission took stay held until the close.
+    """
+    seen_in_open: list[object] = []
+
+    class Reader(SecureServerProtocol):
+        def onSessionOpen(self) -> None:
+            seen_in_open.append(self.http_headers)
+
+    alice = Principal("alice", "fixed")
+    authenticator = FixedAuthenticator(alice)
+    factory = make_factory(clock, authenticator,
+                           ratelimit={"sessions_per_principal": 1})
+    factory.protocol = Reader
+    proto, transport = handshake(factory, path=f"/ws?token={SECRET}",
+                                 extra=(f"X-Secret: {SECRET}",))
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    assert isinstance(seen_in_open[0], dict)
+    for name in HANDSHAKE_STATE:
+        assert getattr(proto, name) is None, name
+    authenticator.requests.clear()  # what it was asked is its own record
+    own = {id(proto), id(vars(proto)), id(transport)}
+    shared = {id(obj) for obj in _reachable([factory, clock], own)}
+    held = [obj for obj in _reachable([vars(proto)], shared)
+            if isinstance(obj, str | bytes) and SECRET.encode() in (
+                obj if isinstance(obj, bytes) else obj.encode("utf-8", "replace"))]
+    assert held == []
+    second, transport2 = connect(factory, "198.51.100.9")
+    second.dataReceived(request())
+    assert status(transport2) == 429  # alice's place is still held
+    proto.connectionLost(connectionDone)
+    third, transport3 = connect(factory, "198.51.100.10")
+    third.dataReceived(request())
+    assert transport3.value().startswith(b"HTTP/1.1 101 ")

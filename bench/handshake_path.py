@@ -1,0 +1,261 @@
+"""
+What one connection costs above TLS and the kernel, in CPU instructions,
+and where it goes.
+
+Run (about two minutes; needs valgrind)::
+
+    python bench/handshake_path.py [--connections 200]
+    python bench/handshake_path.py --profile [--connections 2000]
+
+``bench/peers.py`` counts the instructions of whole connections (TCP,
+TLS, upgrade, close) over real sockets; this script takes the TLS and
+the sockets away, so that what the WebSocket layers cost shows alone and
+can be taken apart.  Each kind is driven in memory: a protocol built by
+its factory over a ``StringTransport`` receives the upgrade request
+(with the ``Origin`` and the RS256 JWT of the peer benchmark), answers
+101, receives a masked close frame, answers it, and loses its
+connection.  Every kind runs twice under callgrind, once with no
+connections and once with ``--connections``; the difference divided by
+the count is the cost of one connection, setup excluded.
+
+Kinds:
+
+``autobahn``
+    Autobahn's ``WebSocketServerFactory`` with its defaults and a plain
+    echo protocol: what ``ab+twTLS`` and ``ab+swTLS`` run above TLS.
+``securews``
+    :class:`securews.SecureServerFactory` as the peer benchmark's
+    securews: JWT verification (RS256, ``iss`` and ``aud``), the Origin
+    allow-list, every limit at its default (per-session rates raised),
+    metrics, and the one handshake log line written by the text observer
+    ``[log]`` builds.
+``securews-nolog``
+    The same without a log observer (the event is still built).
+
+``--profile`` runs the ``securews`` kind (and ``autobahn``) under
+``cProfile`` instead, outside valgrind, and prints the functions with
+the most own time and the most inclusive time, per connection: where to
+look, not the instruction counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+KINDS = ("autobahn", "securews", "securews-nolog")
+ORIGIN = "https://app.bench.example"
+ISSUER = "https://auth.bench.example"
+AUDIENCE = "securews-bench"
+
+
+def close_frame() -> bytes:
+    """A masked client close frame, code 1000 (all-zero mask)."""
+    body = struct.pack("!H", 1000)
+    return struct.pack("!BB", 0x88, 0x80 | len(body)) + b"\0\0\0\0" + body
+
+
+def request(token: str) -> bytes:
+    return (f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n").encode()
+
+
+def credentials(directory: Path) -> str:
+    """Write an RSA public key to ``directory``; return a token it verifies."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (directory / "jwt.pem").write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    now = int(time.time())
+    return jwt.encode({"sub": "bench-user", "iss": ISSUER, "aud": AUDIENCE,
+                       "iat": now, "exp": now + 86400}, private, algorithm="RS256")
+
+
+def build(kind: str, directory: Path) -> tuple[Any, Any]:
+    """``(factory, clock)`` for ``kind``."""
+    import txaio
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(time.time())  # the JWT's iat and exp are real times
+    txaio.use_twisted()
+    txaio.config.loop = clock
+    if kind == "autobahn":
+        from autobahn.twisted.websocket import (
+            WebSocketServerFactory,
+            WebSocketServerProtocol,
+        )
+
+        class Echo(WebSocketServerProtocol):
+            def onMessage(self, payload: bytes, isBinary: bool) -> None:
+                self.sendMessage(payload, isBinary)
+
+        factory = WebSocketServerFactory(reactor=clock)
+        factory.protocol = Echo
+        return factory, clock
+    from twisted.logger import globalLogBeginner
+
+    from securews.ops.logs import make_observer
+    from securews.testing import make_config
+    from securews.wire.factory import SecureServerFactory
+
+    config = make_config(
+        server={"path": "/ws", "app": "echo"},
+        tls={"cert": "/unused/cert.pem", "key": "/unused/key.pem"},
+        log={"file": str(directory / "securews.log")},
+        origin={"allowed": [ORIGIN]},
+        auth={"methods": ["jwt"],
+              "jwt": {"algorithms": ["RS256"], "key_file": str(directory / "jwt.pem"),
+                      "issuer": ISSUER, "audience": AUDIENCE}},
+        ratelimit={"messages_per_second": 100_000, "message_burst": 100_000,
+                   "bytes_per_second": 2**30, "bytes_burst": 2**30,
+                   "sessions_per_principal": 1_000_000,
+                   "connections_per_ip": 100_000, "connect_rate": 100_000,
+                   "connect_burst": 1_000_000},
+    )
+    observers = [] if kind == "securews-nolog" else [make_observer(config.log)]
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False,
+                                     discardBuffer=True)
+    return SecureServerFactory(config, reactor=clock), clock
+
+
+def _transport_class() -> Any:
+    from twisted.internet.testing import StringTransport
+
+    class Transport(StringTransport):
+        def unregisterProducer(self) -> None:
+            # Autobahn unregisters whether or not it registered.
+            self.producer = None
+
+    return Transport
+
+
+def connect(factory: Any, clock: Any, data: bytes, index: int,
+            transport_class: Any) -> None:
+    """One connection, accept to close, in memory."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.protocol import connectionDone
+
+    address = IPv4Address("TCP", f"10.{index >> 16 & 255}.{index >> 8 & 255}."
+                          f"{index & 255}", 40000)
+    proto = factory.buildProtocol(address)
+    transport = transport_class(peerAddress=address)
+    proto.makeConnection(transport)
+    proto.dataReceived(data)
+    if not transport.value().startswith(b"HTTP/1.1 101"):
+        raise SystemExit(f"handshake failed: {transport.value()[:300]!r}")
+    proto.dataReceived(close_frame())
+    proto.connectionLost(connectionDone)
+    clock.advance(0)
+
+
+def drive(kind: str, connections: int, directory: Path) -> None:
+    """The child: set up, connect once (warm), then ``connections`` times."""
+    token = (directory / "token").read_text()
+    factory, clock = build(kind, directory)
+    data = request(token)
+    transport = _transport_class()
+    connect(factory, clock, data, 0, transport)
+    for i in range(connections):
+        connect(factory, clock, data, i + 1, transport)
+
+
+def instructions(kind: str, connections: int, directory: Path) -> int:
+    out = directory / f"callgrind.{kind}.{connections}"
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+         sys.executable, __file__, "--child", kind, "--connections",
+         str(connections), "--directory", str(directory)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    match = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
+    if match is None:
+        raise SystemExit("callgrind wrote no summary")
+    return int(match.group(1))
+
+
+def profile(kinds: list[str], connections: int, directory: Path, top: int,
+            callers: list[str]) -> None:
+    import cProfile
+    import pstats
+
+    token = (directory / "token").read_text()
+    for kind in kinds:
+        factory, clock = build(kind, directory)
+        data = request(token)
+        transport = _transport_class()
+        connect(factory, clock, data, 0, transport)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for i in range(connections):
+            connect(factory, clock, data, i + 1, transport)
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        total = stats.total_tt  # type: ignore[attr-defined]
+        print(f"\n{kind}: {total / connections * 1e6:.0f} us per connection "
+              "under cProfile")
+        entries = stats.stats  # type: ignore[attr-defined]
+        for order, label in ((2, "own"), (3, "inclusive")):
+            print(f"  by {label} time, us per connection:")
+            ranked = sorted(entries.items(), key=lambda kv: -kv[1][order])[:top]
+            for (file, line, name), row in ranked:
+                where = re.sub(r".*site-packages/|.*/wt-[^/]*/", "", file)
+                print(f"    {row[order] / connections * 1e6:8.1f}  "
+                      f"{row[1] / connections:5.1f} calls  {name} ({where}:{line})")
+        for name in callers:
+            stats.print_callers(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--callers", action="append", default=[],
+                        help="with --profile: who calls functions matching this")
+    parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--directory", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    # The securews of this source tree, not an installed copy.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if args.child:
+        drive(args.child, args.connections, args.directory)
+        return
+    kinds = args.kinds.split(",")
+    with tempfile.TemporaryDirectory(prefix="securews-handshake-") as tmp:
+        directory = Path(tmp)
+        (directory / "token").write_text(credentials(directory))
+        if args.profile:
+            profile(kinds, args.connections, directory, args.top, args.callers)
+            return
+        if shutil.which("valgrind") is None:
+            raise SystemExit("valgrind not found (Debian package valgrind)")
+        per: dict[str, float] = {}
+        for kind in kinds:
+            base = instructions(kind, 0, directory)
+            loaded = instructions(kind, args.connections, directory)
+            per[kind] = (loaded - base) / args.connections
+    print(f"instructions per connection, upgrade to close ({args.connections} "
+          "connections, in memory, no TLS):")
+    for kind in kinds:
+        ratio = (f"  {per[kind] / per['autobahn']:5.2f}x autobahn"
+                 if "autobahn" in per and kind != "autobahn" else "")
+        print(f"  {kind:15} {per[kind]:12,.0f}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
