@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +31,20 @@ __all__ = ["run_client"]
 _SHOWN_BYTES = 64
 
 
+#: Every control character but the tab: a server's text could otherwise
+#: drive the terminal (clear it, write the clipboard, fake a line of ours).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters written as escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"),
+                        text)
+
+
 def _shown(message: str | bytes) -> str:
     if isinstance(message, str):
-        return message
+        return _printable(message)
     more = "..." if len(message) > _SHOWN_BYTES else ""
     return f"<binary, {len(message)} bytes: {message[:_SHOWN_BYTES].hex()}{more}>"
 
@@ -91,10 +103,12 @@ class _Session(ClientHandlers):
     def closed(self, opened: bool, clean: bool, code: int | None,
                reason: str) -> None:
         if opened:
-            sys.stderr.write(f"closed: {code}{' ' + reason if reason else ''}\n")
+            sys.stderr.write(
+                f"closed: {code}{' ' + _printable(reason) if reason else ''}\n")
             self.status = 0 if clean else 1
         else:
-            sys.stderr.write(f"securews: error: {self.url}: {reason or 'failed'}\n")
+            sys.stderr.write(
+                f"securews: error: {self.url}: {_printable(reason) or 'failed'}\n")
             self.status = 1
         self.stop()
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from securews.cli.token import PRIVATE_KEY_NAME
 from securews.rules.config import ConfigError, from_mapping
 from securews.rules.origin import OriginError, parse_allow_list
-from securews.service.dev import LOOPBACK_NAMES, self_signed
+from securews.service.dev import LOOPBACK_NAMES, private_folder_problem, self_signed
 
 __all__ = ["CONFIG_NAME", "InitError", "run_init", "write_setup"]
 
@@ -196,8 +196,12 @@ def write_setup(directory: Path, *, listen: str, origins: list[str],
     for folder in (directory, tls):
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            loose = private_folder_problem(folder)
         except OSError as e:
             raise InitError(f"cannot create {folder}: {e.strerror}") from None
+        if loose is not None:
+            raise InitError(f"{loose}: the keys and secrets would be kept there "
+                            "(choose another directory)")
     jwt_key = ec.generate_private_key(ec.SECP256R1())
     _write_new(paths["secret"], (secrets.token_urlsafe(48) + "\n").encode("ascii"))
     _write_new(paths["admin_token"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ __all__ = ["PRIVATE_KEY_NAME", "mint_token", "run_token"]
 PRIVATE_KEY_NAME = "jwt-private.pem"
 _KEY = "auth.jwt.key_file"
 _RESERVED = ("sub", "iat", "exp")
+#: The longest-lived token the command mints (a year): a test token,
+#: never a standing credential.
+MAX_TTL = 366 * 86400
 _CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
@@ -107,14 +111,15 @@ def mint_token(config: Config, *, sub: str, ttl: float,
                           key="auth.methods")
     if not sub:
         raise TokenError("--sub must not be empty")
-    if not ttl > 0:
-        raise TokenError("--ttl must be greater than 0")
+    if not 1 <= ttl <= MAX_TTL:
+        raise TokenError(f"--ttl must be from 1 to {MAX_TTL} seconds")
     extra = dict(claims or {})
     if reserved := [name for name in _RESERVED if name in extra]:
         raise TokenError(f"--claims must not set {', '.join(reserved)} (use --sub "
                          "and --ttl)")
     issued = int(time.time() if now is None else now)
-    payload: dict[str, Any] = {"sub": sub, "iat": issued, "exp": issued + int(ttl)}
+    payload: dict[str, Any] = {"sub": sub, "iat": issued,
+                               "exp": issued + math.ceil(ttl)}
     if settings.issuer:
         payload["iss"] = settings.issuer
     if settings.audience:

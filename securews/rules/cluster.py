@@ -48,6 +48,13 @@ class EngineAddress:
         return f"{scheme}://{user}{host}:{self.port}/{self.db}"
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` as an error may show it: whatever stands between ``//`` and
+    an ``@`` (a user and, by mistake, a password) replaced, even in a URL
+    that does not parse."""
+    return re.sub(r"//.*@", "//***@", url, flags=re.S)
+
+
 def parse_engine_url(url: str) -> EngineAddress:
     """
     ``redis://[user@]host[:port][/db]``, ``rediss://...`` or
@@ -57,26 +64,30 @@ def parse_engine_url(url: str) -> EngineAddress:
         (a config file is read by many; the password has a file of its
         own, ``cluster.password_file``).
     """
+    shown = _without_credentials(url)
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise ValueError(f"{url!r} is not a valid URL ({e})") from None
+        # The parser's own words may quote a piece of a password.
+        why = ("bad port" if "Port" in str(e) else
+               "bad IPv6 address" if "IPv6" in str(e) else "cannot be parsed")
+        raise ValueError(f"{shown!r} is not a valid URL ({why})") from None
     if parts.password is not None:
         raise ValueError("holds a password: put it in cluster.password_file")
     if parts.fragment:
-        raise ValueError(f"{url!r}: no fragment allowed")
+        raise ValueError(f"{shown!r}: no fragment allowed")
     if parts.scheme == "unix":
         if parts.netloc or not parts.path.startswith("/"):
             raise ValueError("must be unix:///absolute/path.sock")
         db = _db(parts.query.removeprefix("db=") if parts.query else "0")
         return EngineAddress(path=unquote(parts.path), db=db)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"{url!r}: use redis://, rediss:// or unix://")
+        raise ValueError(f"{shown!r}: use redis://, rediss:// or unix://")
     if parts.query:
-        raise ValueError(f"{url!r}: no query allowed (the database is the path)")
+        raise ValueError(f"{shown!r}: no query allowed (the database is the path)")
     if not parts.hostname:
-        raise ValueError(f"{url!r} names no host")
+        raise ValueError(f"{shown!r} names no host")
     db = _db(parts.path.lstrip("/") or "0")
     return EngineAddress(host=parts.hostname, port=port or 6379, db=db,
                          username=unquote(parts.username or ""),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,7 +84,13 @@ def _still_good(cert_path: Path, key_path: Path, now: datetime.datetime) -> bool
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError):
         return False
-    return key_path.exists() and cert.not_valid_after_utc - _RENEW_BEFORE > now
+    try:
+        key_mode = key_path.lstat().st_mode
+    except OSError:
+        return False
+    # A key others may read is made again (and written 0600).
+    return (stat.S_ISREG(key_mode) and not key_mode & 0o077
+            and cert.not_valid_after_utc - _RENEW_BEFORE > now)
 
 
 def ensure_certificate(state_dir: Path, *,
@@ -96,16 +104,49 @@ def ensure_certificate(state_dir: Path, *,
         return cert_path, key_path
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        loose = private_folder_problem(state_dir)
+        if loose is not None:
+            raise ConfigError(f"{loose}: the development key would be kept there",
+                              source=str(state_dir))
         cert, key = self_signed(LOOPBACK_NAMES, common_name="securews development",
                                 now=now, validity=_VALIDITY)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        cert_path.write_bytes(cert)
+        _replace_private(key_path, key)
+        _replace_private(cert_path, cert)
     except OSError as e:
-        raise ConfigError(f"cannot write the development certificate: {e}",
+        raise ConfigError(f"cannot write the development certificate: {e.strerror}",
                           source=str(state_dir)) from None
     return cert_path, key_path
+
+
+def private_folder_problem(folder: Path) -> str | None:
+    """
+    Why ``folder`` may not hold secrets, or ``None``: it must be a real
+    directory (not a link) of this user that no one else may write to
+    (who can write to it can replace what is in it).
+    """
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{folder} is not a directory"
+    if info.st_uid != os.geteuid():
+        return f"{folder} belongs to another user"
+    if info.st_mode & 0o022:
+        return f"{folder} may be written by others (mode {info.st_mode & 0o777:o})"
+    return None
+
+
+def _replace_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file, mode 0600, that then takes ``path``'s
+    place: never into an existing file (whose looser mode it would keep)
+    or through a link."""
+    new = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(new, path)
+    except BaseException:
+        new.unlink(missing_ok=True)
+        raise
 
 
 def dev_config(state_dir: Path, *, now: datetime.datetime,

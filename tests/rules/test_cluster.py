@@ -80,3 +80,20 @@ def test_keys_hold_digests_of_ids() -> None:
     assert keys.revoked_principal(who) == f"p:revoked:principal:{who}"
     assert "alice" not in keys.revoked_principal(digest("alice"))
     assert len(digest("x" * 10_000)) == 40
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:hunter2-Secret@redis.internal:99999/0",     # a port out of range
+    "rediss://securews:hunter2-Secret@[::1/0",            # a broken IPv6 literal
+    "redis://:hunter2/Secret@redis.internal/0",           # a '/' in the password
+    "redis://:x@y:hunter2-Secret@host:1/0",               # an '@' in it
+    "redis://:hunter2-Secret@host:notaport/0",            # the parser quotes the port
+    "redis://:hunter2-Secret@host/0#fragment",
+])
+def test_a_password_in_the_url_is_never_in_the_error(url: str) -> None:
+    """A password written into redis_url by mistake is refused, and no
+    error about the URL ever repeats it (it would reach the journal)."""
+    with pytest.raises(ValueError, match=r"URL|password") as refused:
+        parse_engine_url(url)
+    assert "hunter2" not in str(refused.value)
+    assert "Secret" not in str(refused.value)
