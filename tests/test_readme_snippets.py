@@ -113,7 +113,7 @@ KNOWN: dict[str, str] = {
     "from securews.auth import Principal": "test_testing_snippet",
     ".venv/bin/python -m pytest tests/conformance": "test_conformance_commands",
     ".venv/bin/python -m tests.conformance --full": "test_conformance_commands",
-    "affinity read back:": "benchmark output, not a command",
+    "affinity read back at the end:": "benchmark output, not a command",
     "class Notifier(securews.SecureServerProtocol):": "test_notifier_snippet",
     'curl -H "Authorization: Bearer $(cat /etc/securews/admin-token)"':
         "test_revoking_with_curl",

@@ -246,7 +246,7 @@ def test_token_with_a_shared_secret(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "words"), [
     (["--claims", '{"exp": 1}'], "--claims must not set exp"),
     (["--claims", "[1]"], "--claims must be a JSON object"),
-    (["--ttl", "0"], "--ttl must be greater than 0"),
+    (["--ttl", "0"], "--ttl must be from 1 to 31622400 seconds"),
 ])
 def test_token_arguments_that_cannot_work_are_one_line(
     tmp_path: Path, args: list[str], words: str
