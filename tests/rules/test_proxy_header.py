@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import ssl
 import struct
 
 import pytest
@@ -15,27 +14,9 @@ from securews.rules.proxy_header import (
     MAX_V1_HEADER,
     MAX_V2_HEADER,
     BadProxyHeader,
-    ProxyHeader,
     read_header,
 )
-from tests.support.proxyheaders import V2_SIGNATURE, v1, v2
-
-
-def client_hello() -> bytes:
-    """The bytes of a real TLS ClientHello."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl.create_default_context().wrap_bio(incoming, outgoing,
-                                                server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
-def carried(header: ProxyHeader | None) -> tuple[str, int] | None:
-    assert header is not None
-    source = header.source
-    return None if source is None else (source.host, source.port)
-
+from tests.support.proxyheaders import V2_SIGNATURE, carried, client_hello, v1, v2
 
 # -- the pure reader ------------------------------------------------------
 

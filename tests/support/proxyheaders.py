@@ -7,9 +7,12 @@ attack suite (tests/attacks/).
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 
-__all__ = ["V2_SIGNATURE", "v1", "v1_unknown", "v2"]
+from securews.rules.proxy_header import ProxyHeader
+
+__all__ = ["V2_SIGNATURE", "carried", "client_hello", "v1", "v1_unknown", "v2"]
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -43,3 +46,23 @@ def v2(source: str | None = None, destination: str | None = None, *,
     block += tlvs
     return (V2_SIGNATURE + bytes([0x20 | command, family_proto or 0])
             + struct.pack("!H", len(block)) + block)
+
+
+def client_hello() -> bytes:
+    """The bytes of a real TLS ClientHello (what a client sends where no
+    PROXY header came first)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing,
+                                                server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise AssertionError("a TLS handshake completed with no server")
+
+
+def carried(header: ProxyHeader | None) -> tuple[str, int] | None:
+    """The client address and port a parsed header carries."""
+    assert header is not None
+    source = header.source
+    return None if source is None else (source.host, source.port)

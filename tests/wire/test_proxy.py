@@ -30,9 +30,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from securews.auth.anonymous import AnonymousAuthenticator
-from securews.rules.proxy_header import (
-    ProxyHeader,
-)
 from securews.testing import make_config
 from securews.wire.factory import SecureServerFactory
 from securews.wire.listening import listening_factory
@@ -40,7 +37,7 @@ from securews.wire.protocol import SecureServerProtocol
 from securews.wire.proxy import ProxyProtocolFactory, proxied_by
 from tests.support.common import CertFiles, unavailable
 from tests.support.paths import CONF
-from tests.support.proxyheaders import v1, v2
+from tests.support.proxyheaders import client_hello, v1, v2
 
 ORIGIN = "https://app.example.com"
 
@@ -58,22 +55,6 @@ def handshakes(factory: Any, outcome: str) -> float:
 
 
 # -- building headers -----------------------------------------------------
-
-
-def client_hello() -> bytes:
-    """The bytes of a real TLS ClientHello."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl.create_default_context().wrap_bio(incoming, outgoing,
-                                                server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
-def carried(header: ProxyHeader | None) -> tuple[str, int] | None:
-    assert header is not None
-    source = header.source
-    return None if source is None else (source.host, source.port)
 
 
 # -- the wrapper over StringTransport ------------------------------------
