@@ -163,6 +163,14 @@ def schedstat(pid: int | str = "self") -> tuple[float, float]:
     return run / 1e9, wait / 1e9
 
 
+def kernel_seconds(pid: int) -> float:
+    """CPU time a process (all its threads) spent in the kernel (``stime``),
+    in clock ticks' resolution."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[12]) / CLK_TCK
+
+
 def busy_seconds() -> float:
     """CPU time all CPUs spent busy (including time stolen by the host)."""
     with open("/proc/stat") as f:

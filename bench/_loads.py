@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from _harness import Addresses, Server, busy_seconds, schedstat
+from _harness import Addresses, Server, busy_seconds, kernel_seconds, schedstat
 
 #: Seconds a kind runs after it resumes before its slice is counted.
 SETTLE = 0.05
@@ -244,7 +244,7 @@ class Tally:
     def __init__(self) -> None:
         self.wall = self.messages = 0.0
         self.server = self.server_wait = self.client = self.client_wait = 0.0
-        self.busy = 0.0
+        self.busy = self.server_kernel = 0.0
         self.rates: list[float] = []
         self.costs: list[float] = []
         self.samples: list[float] = []
@@ -253,8 +253,9 @@ class Tally:
         """
         ``rate`` (median of the slices, per second), ``server``, ``wait``,
         ``client``, ``client_wait`` and ``other`` (% of one CPU over the
-        measured time) and ``us`` (server CPU microseconds per unit of
-        work, median of the slices).
+        measured time), ``us`` (server CPU microseconds per unit of
+        work, median of the slices) and ``kernel_us`` (of it in the
+        kernel, over all the slices: ``stime`` counts in whole ticks).
         """
         w = self.wall
         return {
@@ -265,12 +266,21 @@ class Tally:
             "client_wait": 100 * self.client_wait / w,
             "other": max(0.0, 100 * (self.busy - self.server - self.client) / w),
             "us": statistics.median(self.costs),
+            "kernel_us": 1e6 * self.server_kernel / max(self.messages, 1),
         }
 
 
 def snapshot(load: Load, server: Server) -> tuple[float, ...]:
+    """The clock, the count, then (on-CPU, waiting) seconds of the server,
+    of the client (this process and the load's own process, if any) and
+    the machine's busy seconds."""
+    client_run, client_wait = schedstat()
+    pid = getattr(load, "pid", None)
+    if pid:
+        run, wait = schedstat(pid)
+        client_run, client_wait = client_run + run, client_wait + wait
     return (time.monotonic(), load.count, *schedstat(server.pid),
-            *schedstat(), busy_seconds())
+            client_run, client_wait, busy_seconds(), kernel_seconds(server.pid))
 
 
 async def alternate(loads: Mapping[str, Load], running: Mapping[str, Server], *,
@@ -311,8 +321,9 @@ async def alternate(loads: Mapping[str, Load], running: Mapping[str, Server], *,
                         f"{kind}, {what}: "
                         f"{load.errors[0] if load.errors else 'server exited'}"
                         f"{server.stderr_tail()}")
-                wall, n, srv, srv_wait, cli, cli_wait, busy = (
+                wall, n, srv, srv_wait, cli, cli_wait, busy, kernel = (
                     b - a for a, b in zip(before, after, strict=True))
+                tally.server_kernel += kernel
                 tally.wall += wall
                 tally.messages += n
                 tally.server += srv

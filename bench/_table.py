@@ -79,6 +79,8 @@ def rows(args: Any, results: dict[str, Any]) -> list[Row]:
                          0, f">={THROUGHPUT_GOAL:.2f}", tallies))
         found.append(Row("  server CPU us/msg", {k: f["us"] for k, f in fig.items()},
                          1, "", tallies))
+        found.append(Row("    in the kernel",
+                         {k: f["kernel_us"] for k, f in fig.items()}, 1, "", tallies))
     if "latency" in results:
         tallies = results["latency"]
         for q in (50, 99):
@@ -93,6 +95,9 @@ def rows(args: Any, results: dict[str, Any]) -> list[Row]:
                          {k: f["rate"] for k, f in fig.items()}, 0, "", tallies))
         found.append(Row("  server CPU ms/conn",
                          {k: f["us"] / 1000 for k, f in fig.items()}, 2, "", tallies))
+        found.append(Row("    in the kernel",
+                         {k: f["kernel_us"] / 1000 for k, f in fig.items()}, 2, "",
+                         tallies))
     if "instructions" in results:
         counted = results["instructions"]
         keys = sorted({key for r in counted.values() for key in r},

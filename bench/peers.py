@@ -128,8 +128,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import _cload
 import _harness
 import _instructions
+from _cload import CLoad
 from _harness import Addresses, Server, label
 from _loads import SETTLE, Load, PicowsLoad, Tally, alternate
 from _peerloads import ChurnLoad, IdleConnections, RateLoad, connect_and_close
@@ -157,6 +159,9 @@ class Context:
         self.headers = {"Origin": _harness.ORIGIN}
         self.addresses = Addresses()
         self.tls: dict[str, str] = {}
+        #: wsload, when the throughput and connection loads use it.
+        self.wsload: Path | None = None
+        self.cafile = ""
 
     def url(self, kind: str) -> str:
         return self.running[kind].url(self.query)
@@ -227,9 +232,16 @@ def text_payload(size: int) -> bytes:
 async def throughput_phase(c: Context, size: int, clients: int) -> dict[str, Tally]:
     binary = size >= _harness.BINARY_FROM
     payload = os.urandom(size) if binary else text_payload(size)
-    loads = {kind: PicowsLoad(c.url(kind), c.ctx, clients, payload, binary,
-                              headers=c.headers, addresses=c.addresses)
-             for kind in c.running}
+    loads: dict[str, Load]
+    if c.wsload is not None:
+        loads = {kind: CLoad(c.wsload, "echo", c.url(kind), c.cafile, clients,
+                             payload, binary, headers=c.headers,
+                             addresses=c.addresses)
+                 for kind in c.running}
+    else:
+        loads = {kind: PicowsLoad(c.url(kind), c.ctx, clients, payload, binary,
+                                  headers=c.headers, addresses=c.addresses)
+                 for kind in c.running}
     return await c.alternate(loads, c.args.seconds, f"{label(size)} x{clients}")
 
 
@@ -242,9 +254,16 @@ async def latency_phase(c: Context) -> dict[str, Tally]:
 
 
 async def connect_phase(c: Context) -> dict[str, Tally]:
-    loads = {kind: ChurnLoad(c.url(kind), c.ctx, c.args.connectors,
-                             headers=c.headers, addresses=c.addresses)
-             for kind in c.running}
+    loads: dict[str, Load]
+    if c.wsload is not None:
+        loads = {kind: CLoad(c.wsload, "churn", c.url(kind), c.cafile,
+                             c.args.connectors, b"", False, headers=c.headers,
+                             addresses=c.addresses)
+                 for kind in c.running}
+    else:
+        loads = {kind: ChurnLoad(c.url(kind), c.ctx, c.args.connectors,
+                                 headers=c.headers, addresses=c.addresses)
+                 for kind in c.running}
     return await c.alternate(loads, c.args.connect_seconds, "new connections")
 
 
@@ -279,10 +298,19 @@ async def profile_phase(c: Context, kind: str, path: Path, out: Out) -> None:
     import _profile
 
     load: Load
-    if c.args.profile_load == "echo":
-        load = PicowsLoad(c.url(kind), c.ctx, 1, text_payload(32), False,
+    n = c.args.profile_clients
+    if c.args.profile_load == "echo" and c.wsload is not None:
+        load = CLoad(c.wsload, "echo", c.url(kind), c.cafile, n, text_payload(32),
+                     False, headers=c.headers, addresses=c.addresses)
+        what, unit = f"32B txt x{n}", "msg/s"
+    elif c.args.profile_load == "echo":
+        load = PicowsLoad(c.url(kind), c.ctx, n, text_payload(32), False,
                           headers=c.headers, addresses=c.addresses)
-        what, unit = "32B txt x1", "msg/s"
+        what, unit = f"32B txt x{n}", "msg/s"
+    elif c.wsload is not None:
+        load = CLoad(c.wsload, "churn", c.url(kind), c.cafile, c.args.connectors,
+                     b"", False, headers=c.headers, addresses=c.addresses)
+        what, unit = f"connection churn x{c.args.connectors}", "conn/s"
     else:
         load = ChurnLoad(c.url(kind), c.ctx, c.args.connectors,
                          headers=c.headers, addresses=c.addresses)
@@ -328,8 +356,17 @@ async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
         line, apart = _harness.placement(
             {NAMES[k]: s.pid for k, s in running.items()}, {"picows": os.getpid()})
         out(line)
-        out(f"client: picows on {_harness.loop_name()}, one process")
         c = Context(running, ctx, token, args)
+        c.cafile = ca
+        if args.client == "c":
+            c.wsload = _cload.build()
+            out(f"client: wsload (bench/wsload.c: C, epoll, "
+                f"{_cload.openssl_version(c.wsload)}) for echo throughput and "
+                f"new connections, one process per load, pinned like this one "
+                f"(checked as each starts); picows on {_harness.loop_name()} "
+                f"for the rest")
+        else:
+            out(f"client: picows on {_harness.loop_name()}, one process")
         for kind in KINDS:  # refused or broken handshakes stop the run here
             c.tls[kind] = await connect_and_close(
                 c.url(kind), verified, c.headers, c.addresses)
@@ -407,6 +444,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                    help="the client's event loop: uvloop (C; the default when "
                         "installed) or asyncio's default loop")
+    p.add_argument("--client", choices=("auto", "c", "picows"), default="auto",
+                   help="load generator for echo throughput and new connections: "
+                        "c (bench/wsload.c, built with the system's cc and "
+                        "OpenSSL headers), picows, or auto (c if it builds)")
     p.add_argument("--phases", type=lambda s: s.split(","), default=list(PHASES),
                    help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--count-connections", type=_ints, default=[4, 12],
@@ -420,8 +461,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-kind", choices=KINDS, default=SECUREWS,
                    help="the server --profile samples (securews)")
     p.add_argument("--profile-load", choices=("echo", "connect"), default="echo",
-                   help="--profile under 32-byte echo, 1 connection (echo), "
-                        "or connection churn (connect)")
+                   help="--profile under 32-byte echo (echo) or connection "
+                        "churn (connect)")
+    p.add_argument("--profile-clients", type=int, default=1,
+                   help="connections of --profile-load echo (1)")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds = args.latency_seconds = args.connect_seconds = 0.25
@@ -436,6 +479,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if "instructions" in args.phases and not _instructions.available():
         p.error("the instructions phase needs valgrind (Debian package "
                 "valgrind); leave it out with --phases")
+    if args.client == "auto":
+        try:
+            _cload.build()
+            args.client = "c"
+        except _cload.Unavailable as e:
+            print(f"--client picows: {e}", file=sys.stderr)
+            args.client = "picows"
+    elif args.client == "c":
+        try:
+            _cload.build()
+        except _cload.Unavailable as e:
+            p.error(str(e))
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         p.error(f"unknown phases: {', '.join(sorted(unknown))}")
