@@ -25,16 +25,15 @@ The names, and why they cannot be avoided:
     how many there were, so the session can charge them.
 ``TLSMemoryBIOProtocol._flushSendBIO``, ``BufferingTLSTransport._aggregator``,
 ``FileDescriptor._writeDisconnected``, ``Connection._aborting``
-    Twisted holds every small TLS write until the next reactor iteration
-    (a ``callLater(0)`` per write) and hands the encrypted bytes to a TCP
-    transport that only queues them and asks the reactor to watch for
-    writability (two ``epoll_ctl`` calls and one more ``epoll_wait`` per
-    message).  :class:`SecureTLSTransport` gathers the writes a read causes
-    and sends them when the read has been delivered (other writes keep
-    Twisted's timer), and passes the encrypted bytes straight to the
-    socket when the TCP transport has nothing queued and is neither
-    closed, aborted nor half-closed; what the socket does not take is
-    queued as before.
+    Twisted holds every small TLS write until the end of the reactor
+    iteration (a ``callLater(0)`` per connection that writes) and hands
+    the encrypted bytes to a TCP transport that only queues them and asks
+    the reactor to watch for writability (two ``epoll_ctl`` calls and one
+    more ``epoll_wait`` per message).  :class:`SecureTLSTransport` holds
+    them just as long, with one timer for every connection of the reactor,
+    and passes the encrypted bytes straight to the socket when the TCP
+    transport has nothing queued and is neither closed, aborted nor
+    half-closed; what the socket does not take is queued as before.
 ``TLSMemoryBIOProtocol._appSendBuffer``, ``BufferingTLSTransport._aggregator``
 (``_buffer``), ``FileDescriptor`` ``dataBuffer``/``offset``/``_tempDataLen``
     What a connection has queued and not yet sent: Twisted has no public
@@ -60,6 +59,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from OpenSSL import SSL
 from OpenSSL import _util as openssl_util
@@ -72,6 +72,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import (
     BufferingTLSTransport,
@@ -161,38 +162,79 @@ _check(NAMES)
 # -- TLS: one delivery per socket read ----------------------------------------
 
 
+class _Flusher:
+    """
+    The small-write aggregators of one reactor that hold writes, flushed
+    together at the end of the reactor iteration by one ``callLater(0)``
+    (Twisted schedules one per connection that writes).
+
+    Sending every connection's writes together, after the iteration's
+    reads have all been delivered, is also what keeps a busy server
+    cheap: sending each echo the moment its read is delivered (the
+    previous design) doubled the kernel time per message with 50 busy
+    connections, each send waking the peer on its own.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._pending: list[_Aggregator] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, aggregator: _Aggregator) -> None:
+        self._pending.append(aggregator)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.run)
+
+    def run(self) -> None:
+        self._call = None
+        pending, self._pending = self._pending, []
+        for aggregator in pending:
+            aggregator.queued = False
+            try:
+                aggregator.flush()
+            except Exception:
+                _log.failure("sending a connection's writes")
+
+
+_log = Logger()
+_FLUSHERS: WeakKeyDictionary[IReactorTime, _Flusher] = WeakKeyDictionary()
+
+
+def _flusher(clock: IReactorTime) -> _Flusher:
+    flusher = _FLUSHERS.get(clock)
+    if flusher is None:
+        flusher = _FLUSHERS[clock] = _Flusher(clock)
+    return flusher
+
+
 class _Aggregator:
     """
     Twisted's aggregation of small TLS writes (``_AggregateSmallWrites``:
-    writes are joined into one TLS record, on the next reactor iteration,
-    or at once past 64,000 bytes), except while a read is being delivered
-    (:attr:`reading`): the writes it causes (an echo, a pong) then wait
-    only for the end of that delivery, which sends them, without a timer.
+    writes are joined into one TLS record, sent at the end of the reactor
+    iteration, or at once past 64,000 bytes), with one timer per reactor
+    (:class:`_Flusher`) instead of one per connection.
 
     :ivar _buffer: the writes held (:func:`queued_bytes` counts them).
+    :ivar queued: whether the flusher holds this aggregator.
     """
 
     MAX_BUFFER_SIZE = 64_000
 
     def __init__(self, write: Callable[[bytes], object], clock: IReactorTime) -> None:
         self._write = write
-        self._clock = clock
+        self._flusher = _flusher(clock)
         self._buffer: list[bytes] = []
         self._left = self.MAX_BUFFER_SIZE
-        self._scheduled: IDelayedCall | None = None
-        self.reading = False
+        self.queued = False
 
     def write(self, data: bytes) -> None:
         self._buffer.append(data + b"")  # a copy of a bytearray the caller may reuse
         self._left -= len(data)
         if self._left < 0:
             self.flush()
-        elif not self.reading and self._scheduled is None:
-            self._scheduled = self._clock.callLater(0, self._scheduled_flush)
-
-    def _scheduled_flush(self) -> None:
-        self._scheduled = None
-        self.flush()
+        elif not self.queued:
+            self.queued = True
+            self._flusher.add(self)
 
     def flush(self) -> None:
         if self._buffer:
@@ -202,9 +244,6 @@ class _Aggregator:
             self._write(data)
 
     def close(self) -> None:
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-            self._scheduled = None
         self.flush()
 
 
@@ -231,8 +270,9 @@ def send_now(transport: Any, data: bytes) -> None:
 class SecureTLSTransport(BufferingTLSTransport):
     """
     Twisted's TLS transport, delivering every record a socket read made
-    available in one ``dataReceived`` call, and sending what that delivery
-    wrote at its end, straight to the socket when it can take it.
+    available in one ``dataReceived`` call, and sending what a connection
+    writes at the end of the reactor iteration (one timer for all of
+    them), straight to the socket when it can take it.
 
     Before that call the wrapped protocol's ``tlsRecordsReceived(count,
     size)`` is called, when it has one, with how many records the data
@@ -279,17 +319,7 @@ class SecureTLSTransport(BufferingTLSTransport):
             if counter is not None:
                 counter(len(chunks), len(data))
             if not self._aborted:
-                aggregator = self._aggregator
-                if isinstance(aggregator, _Aggregator):
-                    aggregator.reading = True
-                    try:
-                        ProtocolWrapper.dataReceived(self, data)
-                    finally:
-                        aggregator.reading = False
-                    if not self._aborted:
-                        aggregator.flush()
-                else:
-                    ProtocolWrapper.dataReceived(self, data)
+                ProtocolWrapper.dataReceived(self, data)
         if shutdown:
             # TLS has shut down: no more data will come (Twisted's order).
             self._shutdownTLS()  # type: ignore[no-untyped-call]

@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -169,20 +170,20 @@ def ping_pong(port: int, cafile: str, messages: list[bytes]) -> list[bytes]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_writes_made_during_a_read_go_straight_to_the_socket(
+async def test_writes_go_straight_to_the_socket_at_the_end_of_the_iteration(
     certs: CertFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """
-    An echo over TLS: what each read writes is sent when the delivery
-    ends, through the ``_flushSendBIO`` override, straight to the socket
-    (the TCP transport never queues it nor watches for writability), and
-    no timer is scheduled for it.  A write made outside a read still
-    waits for Twisted's timer, joined with the writes after it.
+    An echo over TLS: what each read writes is sent at the end of the
+    reactor iteration by the shared flusher, through the ``_flushSendBIO``
+    override, straight to the socket (the TCP transport never queues it
+    nor watches for writability).  Writes made outside a read wait for the
+    same flusher, joined into one.
     """
     calls: dict[str, int] = {"flush": 0, "queued": 0, "timer": 0}
     flush_send = _twisted.SecureTLSTransport._flushSendBIO
     queue = tcp.Server.write
-    timer = _twisted._Aggregator._scheduled_flush
+    timer = _twisted._Flusher.run
 
     def flush_spy(self: Any) -> None:
         calls["flush"] += 1
@@ -198,7 +199,7 @@ async def test_writes_made_during_a_read_go_straight_to_the_socket(
 
     monkeypatch.setattr(_twisted.SecureTLSTransport, "_flushSendBIO", flush_spy)
     monkeypatch.setattr(tcp.Server, "write", queue_spy)
-    monkeypatch.setattr(_twisted._Aggregator, "_scheduled_flush", timer_spy)
+    monkeypatch.setattr(_twisted._Flusher, "run", timer_spy)
     messages = [bytes([65 + i % 26]) * (1 + i) for i in range(50)]
     done: Deferred[None] = Deferred()
     echo = Echo(done, sum(map(len, messages)))
@@ -213,16 +214,18 @@ async def test_writes_made_during_a_read_go_straight_to_the_socket(
     thread.start()
     try:
         await done
-        await deferLater(global_reactor, 0)  # the last delivery is over
-        assert calls == {"flush": calls["flush"], "queued": 0, "timer": 0}
+        await deferLater(global_reactor, 0)  # the last echo is sent
+        assert calls["queued"] == 0
         assert calls["flush"] >= len(messages)
+        assert calls["timer"] >= len(messages)  # one round trip per iteration
         tls = next(iter(factory.protocols))
         assert isinstance(tls._aggregator, _twisted._Aggregator)
+        before = calls["timer"]
         tls.write(b"a")
         tls.write(b"b")
         assert _twisted.queued_bytes(tls) == 2
         await deferLater(global_reactor, 0)
-        assert calls["timer"] == 1
+        assert calls["timer"] == before + 1
         assert _twisted.queued_bytes(tls) == 0
     finally:
         for connection in list(factory.protocols):
@@ -230,6 +233,40 @@ async def test_writes_made_during_a_read_go_straight_to_the_socket(
         await port.stopListening()
         thread.join(10)
     assert result == [[*messages, b"ab"]]
+
+
+def test_one_timer_sends_every_connections_writes_in_order() -> None:
+    """
+    However many connections write in one reactor iteration, one
+    ``callLater(0)`` sends them all, each connection's writes joined in
+    the order written; more than 64,000 bytes go at once; a failing
+    connection does not keep the others' writes.
+    """
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    sent: list[tuple[int, bytes]] = []
+
+    def writer(i: int) -> Callable[[bytes], None]:
+        def write(data: bytes) -> None:
+            if i == 1:
+                raise RuntimeError("this connection's TLS failed")
+            sent.append((i, data))
+        return write
+
+    aggregators = [_twisted._Aggregator(writer(i), clock) for i in range(100)]
+    for round_ in range(2):
+        for i, aggregator in enumerate(aggregators):
+            aggregator.write(b"%d-%d;" % (i, round_))
+    assert len(clock.getDelayedCalls()) == 1
+    assert sent == []
+    clock.advance(0)
+    assert sent == [(i, b"%d-0;%d-1;" % (i, i)) for i in range(100) if i != 1]
+    assert clock.getDelayedCalls() == []
+    sent.clear()
+    aggregators[0].write(b"x" * 64_001)
+    assert sent == [(0, b"x" * 64_001)]
+    assert clock.getDelayedCalls() == []
 
 
 def test_bytes_queued_before_the_first_do_write_are_counted() -> None:
