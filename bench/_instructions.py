@@ -18,6 +18,11 @@ out:
 ``per message``
     one connection, ``small`` then ``large`` sequential echoes (one
     message in flight: one TLS record read and one written per message).
+``per message, 50 connections``
+    with ``bench/wsload.c`` as the client: 50 connections, each keeping
+    one message in flight, until ``small`` then ``large`` times 5 echoes
+    have come back in all (the server, slowed down by valgrind, is
+    saturated: this is the busy server's cost per message).
 ``per connection``
     ``small`` then ``large`` sequential full connections: TCP accept, a
     full TLS handshake (no resumption), the WebSocket upgrade with the
@@ -142,12 +147,46 @@ async def echo_work(url: str, ctx: Any, headers: dict[str, str],
     return run, close
 
 
+#: Connections of the many-connections echo, and how many more echoes its
+#: windows hold than the one-connection windows.
+MANY, MANY_SCALE = 50, 5
+
+
+async def many_connections(wsload: Path, url: str, cafile: str,
+                           headers: dict[str, str], addresses: Addresses,
+                           counter: Counter, messages: tuple[int, int]) -> float:
+    """Instructions per 32-byte echo with :data:`MANY` busy connections."""
+    from _cload import CLoad
+
+    load = CLoad(wsload, "echo", url, cafile, MANY, b'{"n": "' + b"x" * 23 + b'"}',
+                 False, headers=headers, addresses=addresses)
+    await load.connect()
+
+    async def echoes(n: int) -> None:
+        start = load.count
+        load.resume()
+        while load.count - start < n and not load.errors:
+            await asyncio.sleep(0.02)
+        await load.pause()
+        if load.errors:
+            raise RuntimeError(f"{MANY} connections: {load.errors[0]}")
+
+    try:
+        await echoes(MANY * 2)
+        small, large = (MANY_SCALE * m for m in messages)
+        return await counter.slope(small, large, echoes)
+    finally:
+        await load.close()
+
+
 async def count(kind: str, server: Server, directory: Path, url: str, ctx: Any,
                 headers: dict[str, str], addresses: Addresses,
                 messages: tuple[int, int], connections: tuple[int, int],
-                sizes: list[int], binary_from: int) -> dict[str, float]:
+                sizes: list[int], binary_from: int, wsload: Path | None = None,
+                cafile: str = "") -> dict[str, float]:
     """
-    ``{"conn": instructions per connection, "msg <size>": per message}``
+    ``{"conn": instructions per connection, "msg <size>": per message,
+    "many 32": per 32-byte message with many connections (with wsload)}``
     for one callgrind server that is listening.
     """
     counter = Counter(server, directory)
@@ -167,4 +206,7 @@ async def count(kind: str, server: Server, directory: Path, url: str, ctx: Any,
             result[f"msg {size}"] = await counter.slope(*messages, run)
         finally:
             await close()
+    if wsload is not None:
+        result["many 32"] = await many_connections(wsload, url, cafile, headers,
+                                                   addresses, counter, messages)
     return result

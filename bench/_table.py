@@ -101,10 +101,14 @@ def rows(args: Any, results: dict[str, Any]) -> list[Row]:
     if "instructions" in results:
         counted = results["instructions"]
         keys = sorted({key for r in counted.values() for key in r},
-                      key=lambda k: (k != "conn", len(k), k))
+                      key=lambda k: (k != "conn", k.startswith("many"), len(k), k))
         for key in keys:
-            name = ("instr/conn (handshake+close)" if key == "conn"
-                    else f"instr/msg {_size_name(int(key.split()[1]))}")
+            if key == "conn":
+                name = "instr/conn (handshake+close)"
+            elif key.startswith("many"):
+                name = f"instr/msg {_size_name(int(key.split()[1]))}, 50 conns"
+            else:
+                name = f"instr/msg {_size_name(int(key.split()[1]))}"
             found.append(Row(name, {k: r[key] for k, r in counted.items() if key in r},
                              -1))
     return found

@@ -38,17 +38,32 @@ this process pins itself after they started, and the affinity every
 process (every thread) actually has is read back with
 ``os.sched_getaffinity`` and printed, at the start and again at the end.
 
-The client is this process: picows (C frame parser and masking) on
-uvloop (C event loop; ``--loop asyncio`` for asyncio's default loop) and
-``ssl``.  Its CPU use is measured for every row (``cli%``): below about
-90 % of its CPU, it was not the limit.  It verifies each server's
-certificate once, then no more (verifying costs picows a quarter of its
-CPU per new connection, and the servers nothing).  Every connection sends
-``Origin: https://app.bench.example`` and the JWT (all servers get the
-same requests; only securews checks them) and comes from its own source
-address in 127.0.0.0/8, as if every connection were a different client:
-securews's per-address limits (20 connections, 5 new per second) then
-stay at their defaults.
+Two clients, each on the client's CPU, with their CPU use measured for
+every row (``cli%``: below about 90 % of its CPU, the client was not the
+limit):
+
+``wsload`` (``bench/wsload.c``, built with the system's C compiler and
+OpenSSL headers; ``--client c``, the default when it builds)
+    A WebSocket client in C on epoll and OpenSSL, one process per load,
+    driven through a page of shared memory (``bench/_cload.py``), for
+    echo throughput (one epoll loop) and new connections (a thread per
+    connector, blocking).  It verifies every certificate, answers pings,
+    masks every frame, and closes as a browser does (close handshake,
+    TLS ``close_notify``, the server's TCP close).  The Python client
+    below spends about as much CPU per echo as the servers it measures:
+    with 50 connections it was the limit (99 % of its CPU).
+picows (C framing) on uvloop (a C event loop; ``--loop asyncio`` for
+asyncio's default loop) with ``ssl``, in this process
+    Idle memory and latency (neither is bound by the client), and
+    everything with ``--client picows``.  It verifies each server's
+    certificate once, then no more (verifying costs picows a quarter of
+    its CPU per new connection, and the servers nothing).
+
+Every connection sends ``Origin: https://app.bench.example`` and the JWT
+(all servers get the same requests; only securews checks them) and comes
+from its own source address in 127.0.0.0/8, as if every connection were
+a different client: securews's per-address limits (20 connections, 5 new
+per second) then stay at their defaults.
 
 Measured, in this order:
 
@@ -71,10 +86,14 @@ latency
     a fixed schedule; p50 and p99 of every round trip in the measured
     slices, in milliseconds.
 new connections/s and server CPU per connection
-    ``--connectors`` (8) concurrent loops of TCP connect, full TLS
+    ``--connectors`` (32) concurrent loops of TCP connect, full TLS
     handshake (no resumption), WebSocket upgrade, close handshake and
     TCP close; completed connections per second and the server's CPU
     milliseconds per connection, in slices as above.
+
+Besides CPU per message or connection, the table shows the part of it
+the server spent in the kernel (``stime``, whole clock ticks summed over
+the slices): sockets, the loopback TCP path and waking the client.
 instructions
     Every kind again, under valgrind's callgrind (``bench/_instructions.py``):
     instructions the server process executes per 32-byte and per 16 KiB
@@ -104,8 +123,9 @@ refused handshake, unexpected close or lost echo stops the run.
 
 ``--profile FILE`` finally samples one server (``--profile-kind``,
 default securews) with py-spy (``--nonblocking``, 250 Hz) during a
-32-byte, 1-connection echo load, or connection churn with
-``--profile-load connect``, for ``--profile-seconds``, and prints the
+32-byte echo load on ``--profile-clients`` (1) connections, or
+connection churn with ``--profile-load connect``, for
+``--profile-seconds``, and prints the
 shares of the samples by library and securews's own functions; FILE
 keeps the raw stacks (py-spy's ``raw`` format, for flamegraph.pl or
 speedscope).  On a loaded machine, most samples land on system calls
@@ -283,7 +303,7 @@ async def instructions_phase(c: Context, cert: str, key: str,
                 results[kind] = await _instructions.count(
                     kind, server, directory, server.url(c.query), c.ctx, c.headers,
                     c.addresses, a.count_messages, a.count_connections,
-                    [32, 16384], _harness.BINARY_FROM)
+                    [32, 16384], _harness.BINARY_FROM, c.wsload, c.cafile)
         finally:
             for server in started.values():
                 await asyncio.to_thread(server.stop)
@@ -433,8 +453,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="latency load, messages per second (1000)")
     p.add_argument("--latency-seconds", type=float, default=5.0,
                    help="measured seconds per kind of the latency load (5)")
-    p.add_argument("--connectors", type=int, default=8,
-                   help="concurrent connection loops (8)")
+    p.add_argument("--connectors", type=int, default=32,
+                   help="concurrent connection loops (32)")
     p.add_argument("--connect-seconds", type=float, default=5.0,
                    help="measured seconds per kind of connection churn (5)")
     p.add_argument("--idle", type=int, default=5000,

@@ -12,8 +12,8 @@
  *        one message in flight while running; pings are answered.
  * churn: LOOPS threads, each repeating a whole connection while running:
  *        TCP connect, full TLS handshake (no session cache, no tickets:
- *        never resumed), upgrade, close handshake (1000), the server's TCP
- *        close.
+ *        never resumed), upgrade, close handshake (1000), TLS close_notify,
+ *        the server's TCP close.
  *
  * Every connection comes from its own source address in 127.0.0.0/8,
  * numbered from FIRST as bench/_harness.py's Addresses numbers them, and
@@ -349,10 +349,11 @@ static void one_connection(void) {
         int op, fin;
         uint64_t n;
         while ((used = frame_at(buf + at, len - at, &op, &fin, &off, &n))) {
-            if (op == 8) {
+            if (op == 8 && !closed) {
                 int c = n >= 2 ? (buf[at + off] << 8) | buf[at + off + 1] : 1005;
                 if (c != 1000) fail("close answered with %d", c);
                 closed = 1;
+                SSL_shutdown(ssl); /* close_notify, as a browser's TLS does */
             }
             at += used;
         }
@@ -425,6 +426,7 @@ int main(int argc, char **argv) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_read_ahead(ctx, 1); /* a read syscall per socket read, not per record part */
     if (SSL_CTX_load_verify_locations(ctx, argv[7], NULL) != 1)
         fail("cannot load the CA file %s", argv[7]);
     if (strcmp(argv[1], "churn") == 0) return churn(n);
