@@ -59,7 +59,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, ref
 
 from OpenSSL import SSL
 from OpenSSL import _util as openssl_util
@@ -104,7 +104,8 @@ NAMES: tuple[tuple[type[Any] | object, str, str], ...] = (
     (TLSMemoryBIOProtocol, "_tlsShutdownFinished", "batch decrypted records"),
     (TLSMemoryBIOProtocol, "_flushSendBIO", "send encrypted bytes at once"),
     (TLSMemoryBIOProtocol, "_appSendBuffer", "count queued bytes"),
-    (BufferingTLSTransport, "_aggregator", "count queued bytes; send after a read"),
+    (BufferingTLSTransport, "_aggregator",
+     "count queued bytes; send at the end of the reactor iteration"),
     (FileDescriptor, "_tempDataLen", "count queued bytes; send at once"),
     (FileDescriptor, "_writeDisconnected", "send at once"),
     (tcp.Connection, "_aborting", "send at once"),
@@ -173,27 +174,45 @@ class _Flusher:
     cheap: sending each echo the moment its read is delivered (the
     previous design) doubled the kernel time per message with 50 busy
     connections, each send waking the peer on its own.
+
+    The reactor is held weakly (a flusher must not keep a reactor or a
+    test's clock alive); a timer somebody else cancelled is replaced; a
+    connection whose writes raise is aborted, as a write raising in
+    ``doRead`` would have dropped it, and never keeps the others' writes;
+    whatever stops the run (even a ``BaseException``) leaves the
+    aggregators it did not reach queued for the next one.
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
+    def __init__(self, clock: IReactorTime, *, weak: bool = True) -> None:
+        self._clock: Callable[[], IReactorTime | None] = (
+            ref(clock) if weak else lambda: clock)
         self._pending: list[_Aggregator] = []
         self._call: IDelayedCall | None = None
 
     def add(self, aggregator: _Aggregator) -> None:
         self._pending.append(aggregator)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self.run)
+        if self._call is None or not self._call.active():
+            clock = self._clock()
+            if clock is not None:
+                self._call = clock.callLater(0, self.run)
 
     def run(self) -> None:
         self._call = None
         pending, self._pending = self._pending, []
-        for aggregator in pending:
-            aggregator.queued = False
-            try:
-                aggregator.flush()
-            except Exception:
-                _log.failure("sending a connection's writes")
+        done = 0
+        try:
+            for aggregator in pending:
+                done += 1
+                aggregator.queued = False
+                try:
+                    aggregator.flush()
+                except Exception:
+                    _log.failure("sending a connection's writes; connection aborted")
+                    aggregator.fail()
+        finally:
+            if done < len(pending):
+                for aggregator in pending[done:]:
+                    self.add(aggregator)
 
 
 _log = Logger()
@@ -201,9 +220,14 @@ _FLUSHERS: WeakKeyDictionary[IReactorTime, _Flusher] = WeakKeyDictionary()
 
 
 def _flusher(clock: IReactorTime) -> _Flusher:
-    flusher = _FLUSHERS.get(clock)
-    if flusher is None:
-        flusher = _FLUSHERS[clock] = _Flusher(clock)
+    """The reactor's flusher (a reactor that cannot be referenced weakly
+    gets one per connection, as Twisted's timers are)."""
+    try:
+        flusher = _FLUSHERS.get(clock)
+        if flusher is None:
+            flusher = _FLUSHERS[clock] = _Flusher(clock)
+    except TypeError:
+        return _Flusher(clock, weak=False)
     return flusher
 
 
@@ -216,12 +240,16 @@ class _Aggregator:
 
     :ivar _buffer: the writes held (:func:`queued_bytes` counts them).
     :ivar queued: whether the flusher holds this aggregator.
+    :ivar fail: called when sending the writes raised (aborts the
+        connection).
     """
 
     MAX_BUFFER_SIZE = 64_000
 
-    def __init__(self, write: Callable[[bytes], object], clock: IReactorTime) -> None:
+    def __init__(self, write: Callable[[bytes], object], clock: IReactorTime,
+                 fail: Callable[[], object] = lambda: None) -> None:
         self._write = write
+        self.fail = fail
         self._flusher = _flusher(clock)
         self._buffer: list[bytes] = []
         self._left = self.MAX_BUFFER_SIZE
@@ -285,7 +313,8 @@ class SecureTLSTransport(BufferingTLSTransport):
         (a transport without one keeps Twisted's aggregation)."""
         clock = getattr(transport, "reactor", None)
         if clock is not None:
-            aggregator = _Aggregator(partial(TLSMemoryBIOProtocol.write, self), clock)
+            aggregator = _Aggregator(partial(TLSMemoryBIOProtocol.write, self), clock,
+                                     self.abortConnection)
             self._aggregator = aggregator  # type: ignore[assignment]
             self.write = aggregator.write  # type: ignore[method-assign]
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
@@ -320,6 +349,13 @@ class SecureTLSTransport(BufferingTLSTransport):
                 counter(len(chunks), len(data))
             if not self._aborted:
                 ProtocolWrapper.dataReceived(self, data)
+        if shutdown and not self._aborted:
+            # What the data before the peer's close_notify made the protocol
+            # write goes out before TLS shuts down (Twisted's aggregator
+            # would hold it past the shutdown and drop it).
+            aggregator = self._aggregator
+            if isinstance(aggregator, _Aggregator):
+                aggregator.flush()
         if shutdown:
             # TLS has shut down: no more data will come (Twisted's order).
             self._shutdownTLS()  # type: ignore[no-untyped-call]
