@@ -86,9 +86,20 @@ def dev_server(home: Path, tmp_path: Path) -> Iterator[int]:
         # The development-mode warning, logged after the listening line
         # and the banner, names the certificate under this HOME.
         server.wait_for(str(home / ".local/state/securews/dev-cert.pem"))
+        DEV_SERVERS[port] = server
         yield port
     finally:
+        DEV_SERVERS.pop(port, None)
         server.stop()
+
+
+#: The running dev servers by port: a failing client test shows the log.
+DEV_SERVERS: dict[int, Server] = {}
+
+
+def server_log(port: int) -> str:
+    server = DEV_SERVERS.get(port)
+    return f"\n--- server log ---\n{server.text()}" if server is not None else ""
 
 
 # -- the blocks, by first line ---------------------------------------------------
@@ -153,7 +164,8 @@ def test_certutil_imports_the_dev_certificate() -> None:
 def test_terminal_client(home: Path, dev_server: int) -> None:
     result = shell(block(".venv/bin/securews client"), home=home, port=dev_server,
                    stdin="hello\n")
-    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    assert (result.returncode, result.stdout) == (0, "hello\n"), (
+        result.stderr + server_log(dev_server))
 
 
 def test_python_client(home: Path, dev_server: int, tmp_path: Path) -> None:
@@ -163,7 +175,8 @@ def test_python_client(home: Path, dev_server: int, tmp_path: Path) -> None:
     env.pop("XDG_STATE_HOME", None)
     result = subprocess.run([sys.executable, str(script)], env=env, text=True,
                             capture_output=True, timeout=60, check=False)
-    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    assert (result.returncode, result.stdout) == (0, "hello\n"), (
+        result.stderr + server_log(dev_server))
 
 
 def test_test_command() -> None:
