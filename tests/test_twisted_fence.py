@@ -73,23 +73,37 @@ class Recorder(Protocol):
             self.done.callback(None)
 
 
-def one_byte_records(port: int, cafile: str, payload: bytes) -> None:
-    """TLS, then ``payload`` as one record per byte, written in one go."""
-    context = ssl.create_default_context(cafile=cafile)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+class MemoryTLS:
+    """A TLS client over memory BIOs on a real socket, so that a test
+    decides which records go out in which TCP segment."""
+
+    def __init__(self, sock: socket.socket, cafile: str) -> None:
+        context = ssl.create_default_context(cafile=cafile)
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing,
+                                    server_hostname="localhost")
         while True:
             try:
-                tls.do_handshake()
+                self.tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                sock.sendall(outgoing.read())
-                incoming.write(sock.recv(65536))
-        sock.sendall(outgoing.read())
+                sock.sendall(self.outgoing.read())
+                self.incoming.write(sock.recv(65536))
+        self.send()
+
+    def send(self) -> None:
+        """Everything written so far, in one ``sendall``."""
+        self.sock.sendall(self.outgoing.read())
+
+
+def one_byte_records(port: int, cafile: str, payload: bytes) -> None:
+    """TLS, then ``payload`` as one record per byte, written in one go."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        client = MemoryTLS(sock, cafile)
         for byte in payload:
-            tls.write(bytes([byte]))
-        sock.sendall(outgoing.read())
+            client.tls.write(bytes([byte]))
+        client.send()
         with contextlib.suppress(ConnectionResetError):  # the test closes with
             sock.recv(1)  # bytes unread, which the kernel may answer with RST
 
@@ -379,27 +393,17 @@ def test_twisted_uses_the_aggregator_only_as_securews_provides() -> None:
 def close_notify_after(port: int, cafile: str, message: bytes) -> bytes:
     """Send ``message`` and TLS close_notify in one TCP segment; what the
     server sent back before closing."""
-    context = ssl.create_default_context(cafile=cafile)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
     got = b""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                sock.sendall(outgoing.read())
-                incoming.write(sock.recv(65536))
-        sock.sendall(outgoing.read())
-        tls.write(message)
+        client = MemoryTLS(sock, cafile)
+        client.tls.write(message)
         with contextlib.suppress(ssl.SSLWantReadError):
-            tls.unwrap()
-        sock.sendall(outgoing.read())
+            client.tls.unwrap()
+        client.send()
         while chunk := sock.recv(65536):
-            incoming.write(chunk)
+            client.incoming.write(chunk)
             with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                while data := tls.read(65536):
+                while data := client.tls.read(65536):
                     got += data
     return got
 
