@@ -438,7 +438,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="securews against bare Autobahn and websockets "
                     "(see the module docstring).")
     p.add_argument("--quick", action="store_true",
-                   help="tiny durations and 200 idle connections: a smoke check")
+                   help="tiny durations and 100 idle connections: a smoke check")
     p.add_argument("--seconds", type=float, default=4.0,
                    help="measured seconds per kind and throughput load (4)")
     p.add_argument("--warmup", type=float, default=1.0,
