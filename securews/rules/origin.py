@@ -14,6 +14,7 @@ Pure code: no I/O, no reactor.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -144,9 +145,17 @@ def _split(text: str, *, allow_wildcard: bool) -> tuple[str, str, int, bool]:
     return scheme, host, port, wildcard
 
 
+@functools.lru_cache(maxsize=256)
 def parse_origin(text: str) -> Origin:
     """
     Parse an ``Origin`` header value.
+
+    A server sees a few origins over and over (its application's), and a
+    handshake needs its origin three times (the allow-list, the ticket's
+    CORS answer, the log line): the last parses are remembered, the
+    result being an immutable value of a pure function.  A bad value is
+    not remembered (an exception is not cached), nor is any other, past
+    the last 256.
 
     :raises OriginError: for ``null``, wildcards, paths, credentials or
         anything else that is not a serialised tuple origin.

@@ -20,6 +20,7 @@ Pure code: no I/O, no reactor.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterator, Sequence
@@ -167,9 +168,14 @@ def client_address(peer: str, forwarded_for: Sequence[str],
     return str(hop)
 
 
+@functools.lru_cache(maxsize=1024)
 def network_key(address: str, ipv6_prefix: int) -> str:
     """
     The rate-limit key of ``address``.
+
+    Asked for each connection's client by admission and again by the
+    alerts: the last answers are remembered (a pure function of two
+    immutable values), bounded to 1,024; an exception is not.
 
     :returns: the address itself for IPv4 (and IPv4-mapped IPv6), the
         enclosing ``/ipv6_prefix`` network for IPv6 (``2001:db8::/64``):

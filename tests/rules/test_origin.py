@@ -198,3 +198,16 @@ def test_any_port_entries_round_trip(host: str, scheme: str, wildcard: bool) -> 
     allow = parse_allow_list([entry])
     assert allow.entries == (entry,)
     assert parse_allow_list(allow.entries) == allow
+
+
+def test_parsed_origins_are_remembered_within_a_bound() -> None:
+    """A flood of distinct Origins cannot grow the remembered parses, and a
+    refused one is refused again (an exception is never remembered)."""
+    for i in range(1000):
+        parse_origin(f"https://h{i}.example.com")
+    assert parse_origin.cache_info().currsize <= 256
+    assert parse_origin("https://h999.example.com") == Origin(
+        "https", "h999.example.com", 443)
+    for _ in range(2):
+        with pytest.raises(OriginError):
+            parse_origin("https://app.example.com/path")

@@ -343,3 +343,14 @@ def test_forwarded_for_is_read_only_from_a_forwarding_proxy(
         assert settled == peer
     assert settled.key == network_key(settled.address, 64)
     assert not settled.forwarding
+
+
+def test_network_keys_are_remembered_within_a_bound() -> None:
+    """Every client address of a flood is a new key: the remembered ones
+    stay bounded, and a bad prefix is refused every time."""
+    for i in range(5000):
+        assert network_key(f"10.0.{i >> 8}.{i & 255}", 64) == f"10.0.{i >> 8}.{i & 255}"
+    assert network_key.cache_info().currsize <= 1024
+    for _ in range(2):
+        with pytest.raises(ValueError, match="between 0 and 128"):
+            network_key("10.0.0.1", 129)
