@@ -145,21 +145,27 @@ def _split(text: str, *, allow_wildcard: bool) -> tuple[str, str, int, bool]:
     return scheme, host, port, wildcard
 
 
-@functools.lru_cache(maxsize=256)
 def parse_origin(text: str) -> Origin:
     """
     Parse an ``Origin`` header value.
 
     A server sees a few origins over and over (its application's), and a
     handshake needs its origin three times (the allow-list, the ticket's
-    CORS answer, the log line): the last parses are remembered, the
-    result being an immutable value of a pure function.  A bad value is
-    not remembered (an exception is not cached), nor is any other, past
-    the last 256.
+    CORS answer, the log line): the last 256 parses are remembered, the
+    result being an immutable value of a pure function.  Neither a bad
+    value (an exception is not cached) nor one longer than an origin may
+    be (padded with spaces, say) is remembered.
 
     :raises OriginError: for ``null``, wildcards, paths, credentials or
         anything else that is not a serialised tuple origin.
     """
+    if len(text) > _MAX_ORIGIN_LENGTH:
+        raise OriginError("origin is too long")
+    return _parse_origin(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_origin(text: str) -> Origin:
     scheme, host, port, _ = _split(text.strip(), allow_wildcard=False)
     return Origin(scheme, host, port)
 

@@ -26,8 +26,9 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from securews.auth.interfaces import Principal
-from securews.limits.interfaces import IRateLimiter, ISessionCounter, RateVerdict
+from securews.limits.interfaces import IGate, IRateLimiter, ISessionCounter, RateVerdict
 from securews.policy import Policy, Shared, build_policy
+from securews.rules.actions import Claimed, Vouched
 from securews.rules.counters import Lease
 from securews.testing import (
     ORIGIN,
@@ -252,3 +253,40 @@ def test_one_failing_release_does_not_leak_the_other_places() -> None:
     s.factory.shutdown(grace=1).addBoth(drained.append)
     clock.advance(2)
     assert drained == [None]
+
+
+@implementer(IGate)
+class PausedGate:
+    """Answers each check with a fired Deferred that is paused, with a
+    callback still to run that turns the session place it granted into a
+    refusal."""
+
+    def __init__(self) -> None:
+        self.answers: list[Deferred[Any]] = []
+
+    def claim(self, key: str, rate: bool) -> Deferred[Claimed]:
+        return succeed(Claimed(Lease(lambda: None)))
+
+    def vouch(self, principal: str, jti: str | None,
+              issued_at: float | None) -> Deferred[Vouched]:
+        d: Deferred[Vouched] = Deferred()
+        d.pause()
+        d.callback(Vouched(False, Lease(lambda: None)))
+        d.addCallback(lambda _: Vouched(False, None))
+        self.answers.append(d)
+        return d
+
+
+def test_a_paused_answer_is_awaited_not_read_before_its_callbacks() -> None:
+    """
+    Admission reads an already-fired Deferred's value at once, but only
+    once every callback has run: a paused one is awaited, and what its
+    callbacks make of it counts (here: no session place, 429).
+    """
+    gate = PausedGate()
+    p = make_policy(Clock(), gate=gate)
+    s = session(p)
+    s.write(upgrade_request())
+    assert s.status is None
+    gate.answers[0].unpause()
+    assert s.status == 429
