@@ -6,6 +6,7 @@ Run (about two minutes; needs valgrind)::
 
     python bench/handshake_path.py [--connections 200]
     python bench/handshake_path.py --profile [--connections 2000]
+    python bench/handshake_path.py --time [--connections 1000] [--rounds 7]
 
 ``bench/peers.py`` counts the instructions of whole connections (TCP,
 TLS, upgrade, close) over real sockets; this script takes the TLS and
@@ -31,6 +32,20 @@ Kinds:
     ``[log]`` builds.
 ``securews-nolog``
     The same without a log observer (the event is still built).
+``securews-noauth``
+    The ``securews`` kind with its credential check taken out: the
+    authenticator answers the principal the token would give (same id,
+    claims and expiry) without reading the token, so every step after
+    it (revocation, per-principal places, the log line) still runs.
+    The difference to ``securews`` is what verifying the JWT costs.
+
+``--time`` counts CPU time instead (``time.process_time``): each kind in
+a fresh process, the kinds taking turns over ``--rounds`` rounds,
+medians printed.  Instruction counts repeat, but they weigh every
+instruction alike, and the same count costs more time in code spread
+over many functions and objects (securews) than in a tight loop
+(Autobahn's eager debug formatting); the time is the figure a
+connection rate follows, with the machine's noise.
 
 ``--profile`` runs the ``securews`` kind (and ``autobahn``) under
 ``cProfile`` instead, outside valgrind, and prints the functions with
@@ -44,6 +59,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -52,7 +68,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-KINDS = ("autobahn", "securews", "securews-nolog")
+KINDS = ("autobahn", "securews", "securews-nolog", "securews-noauth")
 ORIGIN = "https://app.bench.example"
 ISSUER = "https://auth.bench.example"
 AUDIENCE = "securews-bench"
@@ -130,7 +146,24 @@ def build(kind: str, directory: Path) -> tuple[Any, Any]:
     observers = [] if kind == "securews-nolog" else [make_observer(config.log)]
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False,
                                      discardBuffer=True)
-    return SecureServerFactory(config, reactor=clock), clock
+    factory = SecureServerFactory(config, reactor=clock)
+    if kind == "securews-noauth":
+        factory.policy.authenticator = _unchecked(directory)
+    return factory, clock
+
+
+def _unchecked(directory: Path) -> Any:
+    """An authenticator answering the principal the benchmark's token
+    gives, without reading the token."""
+    import jwt
+
+    from securews.auth.interfaces import Principal
+    from securews.testing import FixedAuthenticator
+
+    claims = jwt.decode((directory / "token").read_text(),
+                        options={"verify_signature": False})
+    return FixedAuthenticator(Principal(id=claims["sub"], method="jwt", claims=claims,
+                                        expires_at=float(claims["exp"])))
 
 
 def _transport_class() -> Any:
@@ -163,15 +196,39 @@ def connect(factory: Any, clock: Any, data: bytes, index: int,
     clock.advance(0)
 
 
-def drive(kind: str, connections: int, directory: Path) -> None:
-    """The child: set up, connect once (warm), then ``connections`` times."""
+def drive(kind: str, connections: int, directory: Path, timed: bool = False) -> None:
+    """
+    The child: set up, connect once (warm), then ``connections`` times.
+    With ``timed``, warm up with ``connections`` more first, then print
+    the CPU time per connection.
+    """
     token = (directory / "token").read_text()
     factory, clock = build(kind, directory)
     data = request(token)
     transport = _transport_class()
     connect(factory, clock, data, 0, transport)
+    first = 1
+    if timed:
+        for i in range(connections):
+            connect(factory, clock, data, first + i, transport)
+        first += connections
+        started = time.process_time()
     for i in range(connections):
-        connect(factory, clock, data, i + 1, transport)
+        connect(factory, clock, data, first + i, transport)
+    if timed:
+        print(f"CPU {(time.process_time() - started) / connections * 1e6:.1f}")
+
+
+def cpu_time(kind: str, connections: int, directory: Path) -> float:
+    """Microseconds of CPU per connection, from a fresh child process."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--connections", str(connections),
+         "--directory", str(directory), "--timed"],
+        check=True, capture_output=True, text=True)
+    match = re.search(r"^CPU ([0-9.]+)$", done.stdout, re.MULTILINE)
+    if match is None:
+        raise SystemExit(f"{kind}: no time printed: {done.stderr[-500:]}")
+    return float(match.group(1))
 
 
 def instructions(kind: str, connections: int, directory: Path) -> int:
@@ -219,6 +276,21 @@ def profile(kinds: list[str], connections: int, directory: Path, top: int,
             stats.print_callers(name)
 
 
+def times(kinds: list[str], connections: int, rounds: int, directory: Path) -> None:
+    taken: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            taken[kind].append(cpu_time(kind, connections, directory))
+    median = {kind: statistics.median(values) for kind, values in taken.items()}
+    print(f"CPU time per connection, upgrade to close ({connections} connections, "
+          f"in memory, no TLS; median of {rounds} turns, low to high in brackets):")
+    for kind in kinds:
+        ratio = (f"  {median[kind] / median['autobahn']:5.2f}x autobahn"
+                 if "autobahn" in median and kind != "autobahn" else "")
+        print(f"  {kind:15} {median[kind]:8.1f} us  "
+              f"[{min(taken[kind]):.1f} to {max(taken[kind]):.1f}]{ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=200)
@@ -227,20 +299,32 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--callers", action="append", default=[],
                         help="with --profile: who calls functions matching this")
+    parser.add_argument("--time", action="store_true",
+                        help="CPU time per connection instead of instructions "
+                             "(no valgrind; the kinds take turns)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="with --time: turns per kind; medians are printed")
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--directory", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # The securews of this source tree, not an installed copy.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.child:
-        drive(args.child, args.connections, args.directory)
+        drive(args.child, args.connections, args.directory, args.timed)
         return
     kinds = args.kinds.split(",")
+    if unknown := set(kinds) - set(KINDS):
+        parser.error(f"unknown kind {sorted(unknown)[0]!r}: "
+                     f"choose from {', '.join(KINDS)}")
     with tempfile.TemporaryDirectory(prefix="securews-handshake-") as tmp:
         directory = Path(tmp)
         (directory / "token").write_text(credentials(directory))
         if args.profile:
             profile(kinds, args.connections, directory, args.top, args.callers)
+            return
+        if args.time:
+            times(kinds, args.connections, args.rounds, directory)
             return
         if shutil.which("valgrind") is None:
             raise SystemExit("valgrind not found (Debian package valgrind)")
