@@ -226,11 +226,6 @@ class Admission:
         ``d``'s result (a Failure for an error) if it has fired, else
         :data:`_LATER`: the run then resumes when it fires.
         """
-        if d.called and not d.paused and not isinstance(d.result, Failure | Deferred):
-            # Fired with a value (every memory backend) and not paused: its
-            # callbacks have all run, so the value is the answer (a
-            # failure is left to the callback below, which handles it).
-            return d.result
         box: list[object] = []
         resume: Callable[[object], None] = box.append
 

@@ -152,13 +152,15 @@ def parse_origin(text: str) -> Origin:
     A server sees a few origins over and over (its application's), and a
     handshake needs its origin three times (the allow-list, the ticket's
     CORS answer, the log line): the last 256 parses are remembered, the
-    result being an immutable value of a pure function.  Neither a bad
-    value (an exception is not cached) nor one longer than an origin may
-    be (padded with spaces, say) is remembered.
+    result being an immutable value of a pure function.  What is
+    remembered is the stripped text of an origin that parsed, so no entry
+    is longer than an origin may be; a bad value is not remembered (an
+    exception is not cached).
 
     :raises OriginError: for ``null``, wildcards, paths, credentials or
         anything else that is not a serialised tuple origin.
     """
+    text = text.strip()
     if len(text) > _MAX_ORIGIN_LENGTH:
         raise OriginError("origin is too long")
     return _parse_origin(text)
@@ -166,7 +168,7 @@ def parse_origin(text: str) -> Origin:
 
 @functools.lru_cache(maxsize=256)
 def _parse_origin(text: str) -> Origin:
-    scheme, host, port, _ = _split(text.strip(), allow_wildcard=False)
+    scheme, host, port, _ = _split(text, allow_wildcard=False)
     return Origin(scheme, host, port)
 
 

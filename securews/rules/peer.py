@@ -168,7 +168,6 @@ def client_address(peer: str, forwarded_for: Sequence[str],
     return str(hop)
 
 
-@functools.lru_cache(maxsize=1024)
 def network_key(address: str, ipv6_prefix: int) -> str:
     """
     The rate-limit key of ``address``.
@@ -184,6 +183,11 @@ def network_key(address: str, ipv6_prefix: int) -> str:
         is not an IP address.
     :raises ValueError: unless ``0 <= ipv6_prefix <= 128``.
     """
+    return _network_key(address, ipv6_prefix)
+
+
+@functools.lru_cache(maxsize=1024)
+def _network_key(address: str, ipv6_prefix: int) -> str:
     if not 0 <= ipv6_prefix <= 128:
         raise ValueError(f"ipv6_prefix must be between 0 and 128, got {ipv6_prefix!r}")
     try:

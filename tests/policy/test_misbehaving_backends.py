@@ -22,7 +22,9 @@ import textwrap
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from securews.auth.interfaces import Principal
@@ -279,8 +281,7 @@ class PausedGate:
 
 def test_a_paused_answer_is_awaited_not_read_before_its_callbacks() -> None:
     """
-    Admission reads an already-fired Deferred's value at once, but only
-    once every callback has run: a paused one is awaited, and what its
+    An answer that has fired but is paused is awaited, and what its
     callbacks make of it counts (here: no session place, 429).
     """
     gate = PausedGate()
@@ -290,3 +291,41 @@ def test_a_paused_answer_is_awaited_not_read_before_its_callbacks() -> None:
     assert s.status is None
     gate.answers[0].unpause()
     assert s.status == 429
+
+
+@implementer(IGate)
+class ChainGate:
+    """Answers both checks on one chain: ``vouch`` adds to the Deferred
+    ``claim`` returned, so it is answered while that chain's callbacks are
+    running (admission resumed from one of them)."""
+
+    def __init__(self, released: list[str]) -> None:
+        self.chain: Deferred[Any] = Deferred()
+        self._released = released
+
+    def claim(self, key: str, rate: bool) -> Deferred[Claimed]:
+        return self.chain
+
+    def vouch(self, principal: str, jti: str | None,
+              issued_at: float | None) -> Deferred[Vouched]:
+        return self.chain.addCallback(lambda _: Vouched(
+            False, Lease(lambda: self._released.append("principal"))))
+
+
+def test_an_answer_whose_callbacks_are_running_is_awaited() -> None:
+    """
+    A Deferred that has fired is not finished while its callbacks run: its
+    result is then what the running callback was given.  Admission must
+    wait for the end of the chain.  Reading the result at once (a fast
+    path tried during #16, caught by an independent review) took the
+    ``Claimed`` for the ``Vouched``: 503, and the principal's place was
+    never given back.
+    """
+    released: list[str] = []
+    gate = ChainGate(released)
+    s = session(make_policy(Clock(), gate=gate))
+    s.write(upgrade_request())
+    gate.chain.callback(Claimed(Lease(lambda: released.append("client"))))
+    assert s.status == 101
+    s.protocol.connectionLost(Failure(ConnectionDone()))
+    assert sorted(released) == ["client", "principal"]

@@ -348,9 +348,34 @@ def test_forwarded_for_is_read_only_from_a_forwarding_proxy(
 def test_network_keys_are_remembered_within_a_bound() -> None:
     """Every client address of a flood is a new key: the remembered ones
     stay bounded, and a bad prefix is refused every time."""
+    from securews.rules.peer import _network_key
+
     for i in range(5000):
         assert network_key(f"10.0.{i >> 8}.{i & 255}", 64) == f"10.0.{i >> 8}.{i & 255}"
-    assert network_key.cache_info().currsize <= 1024
+    assert _network_key.cache_info().currsize <= 1024
     for _ in range(2):
         with pytest.raises(ValueError, match="between 0 and 128"):
             network_key("10.0.0.1", 129)
+
+
+_addresses = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(str),
+    st.ip_addresses(v=4).map(lambda ip: f"::ffff:{ip}"),
+    st.ip_addresses(v=6).map(lambda ip: f"{ip}%eth0"),
+    st.ip_addresses(v=6).map(lambda ip: str(ip).upper()),
+    st.text(max_size=20),
+)
+
+
+@given(st.lists(st.tuples(_addresses, st.sampled_from([0, 32, 48, 56, 64, 128])),
+                max_size=20))
+def test_a_remembered_network_key_is_the_one_computed(
+        asked: list[tuple[str, int]]) -> None:
+    """Whatever was asked before, each answer is the one computed afresh:
+    IPv6 networks of different prefixes, mapped and zoned addresses and
+    text that is no address never share an entry."""
+    from securews.rules.peer import _network_key
+
+    for address, prefix in asked + asked[::-1]:
+        assert network_key(address, prefix) == _network_key.__wrapped__(address, prefix)
