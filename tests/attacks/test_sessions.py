@@ -264,6 +264,7 @@ def test_non_reading_peer_is_dropped_past_max_write_buffer(
             # Half a MB of echoes cannot pass the 1 MiB queue limit yet.
             sent = wire.stream([message, message], read=False)
             assert not wire.closed
+            assert kernel.wait_queued(5), "nothing queued for a peer that reads nothing"
             bystander.during()
             sent += wire.stream(itertools.repeat(message, 200), read=False)
             wire.wait_closed(5)
@@ -291,16 +292,27 @@ class SendQueue:
                         f"and dport = :{client[1]} )")
         self.peak = self.samples = 0
         self._stop = threading.Event()
+        self._queued = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.01):
+        while True:
             out = subprocess.run(["ss", "-tnH", "state", "established",
                                   self._filter], capture_output=True, text=True,
                                  check=True).stdout.split()
             if len(out) >= 2:
                 self.samples += 1
                 self.peak = max(self.peak, int(out[1]))
+                if self.peak > 0:
+                    self._queued.set()
+            if self._stop.wait(0.01):
+                return
+
+    def wait_queued(self, timeout: float) -> bool:
+        """Whether a sample saw bytes queued within ``timeout`` seconds: the
+        attack goes on only once one has, or a fast drop could end the
+        connection before ``ss`` ever looked at it."""
+        return self._queued.wait(timeout)
 
     def __enter__(self) -> SendQueue:
         self._thread.start()
