@@ -322,6 +322,8 @@ def main() -> None:
     if args.child:
         drive(args.child, args.connections, args.directory, args.timed)
         return
+    if args.connections < 1 or args.rounds < 1:
+        parser.error("--connections and --rounds must be at least 1")
     kinds = args.kinds.split(",")
     if unknown := set(kinds) - set(KINDS):
         parser.error(f"unknown kind {sorted(unknown)[0]!r}: "
