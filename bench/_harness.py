@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -280,10 +281,42 @@ def make_jwt(directory: Path, lifetime: float = 3600.0) -> str:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (directory / JWT_PUBLIC).write_bytes(private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return jwt.encode(token_claims(lifetime), private, algorithm="RS256")
+
+
+def token_claims(lifetime: float = 3600.0) -> dict[str, Any]:
+    """The claims of the benchmark's token, issued now."""
     now = int(time.time())
-    return jwt.encode({"sub": "bench-user", "iss": JWT_ISSUER, "aud": JWT_AUDIENCE,
-                       "iat": now, "exp": now + int(lifetime)},
-                      private, algorithm="RS256")
+    return {"sub": "bench-user", "iss": JWT_ISSUER, "aud": JWT_AUDIENCE,
+            "iat": now, "exp": now + int(lifetime)}
+
+
+def unchecked_authenticator(claims: dict[str, Any]) -> Any:
+    """
+    securews's credential check taken out: an authenticator answering
+    every request with the principal a token with ``claims`` gives (same
+    id, claims and expiry), without reading the token, so that every
+    step after it (revocation, per-principal places, the log line) still
+    runs.  What a connection costs with and without it is what verifying
+    the JWT costs.  It keeps nothing per request, unlike
+    ``securews.testing``'s ``FixedAuthenticator``.
+    """
+    from twisted.internet.defer import succeed
+    from zope.interface import implementer
+
+    from securews.auth.interfaces import IAuthenticator, Principal
+
+    principal = Principal(id=claims["sub"], method="jwt", claims=claims,
+                          expires_at=float(claims["exp"]))
+
+    @implementer(IAuthenticator)
+    class Unchecked:
+        method = "jwt"
+
+        def authenticate(self, request: Any) -> Any:
+            return succeed(principal)
+
+    return Unchecked()
 
 
 # -- client source addresses ----------------------------------------------------

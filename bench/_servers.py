@@ -25,6 +25,13 @@ parent, and logs to ``KIND.log`` beside ``CERT``.  Every kind serves
     one benchmark connection sends thousands of messages a second.  The
     buckets are still charged for every message.  Logs: one INFO line per
     handshake, text, to a file.
+``securews-unchecked``
+    The ``securews`` kind with its credential check taken out
+    (:func:`_harness.unchecked_authenticator`): every connection gets
+    the principal the benchmark's token gives without the token being
+    read; everything else as ``securews``.  ``peers.py --unchecked``
+    sets it beside the others: the difference is what verifying the JWT
+    costs per connection.
 ``securews-on``, ``securews-min``
     ``echo_overhead.py``'s kinds: anonymous authenticator, missing Origin
     allowed, every rate raised to its maximum, heartbeat every second
@@ -66,7 +73,7 @@ from typing import Any
 
 import _harness
 
-KINDS = ("securews", "securews-on", "securews-min", "autobahn",
+KINDS = ("securews", "securews-unchecked", "securews-on", "securews-min", "autobahn",
          "autobahn-defaults", "autobahn-twisted", "websockets")
 
 #: The peer benchmark's securews: per-session rates raised, nothing else.
@@ -194,13 +201,15 @@ def serve_twisted(kind: str, port: int, cert: str, key: str) -> None:
         print(f"FAILED {failure.getErrorMessage()}", flush=True)
         reactor.stop()
 
-    if kind == "securews":
+    if kind in ("securews", "securews-unchecked"):
         from securews.service._service import build_service
 
         config = peer_config(port, cert, key, log_file)
         globalLogBeginner.beginLoggingTo([make_observer(config.log)],
                                          redirectStandardIO=False)
-        service = build_service(config, reactor)
+        authenticator = (_harness.unchecked_authenticator(_harness.token_claims())
+                         if kind == "securews-unchecked" else None)
+        service = build_service(config, reactor, authenticator=authenticator)
         service.startService()
         waiting = service.listener.when_listening()  # type: ignore[attr-defined]
         waiting.addCallbacks(ready, failed)

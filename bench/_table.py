@@ -14,6 +14,8 @@ from _loads import Tally
 
 Out = Callable[[str], None]
 SECUREWS = "securews"
+#: securews with its credential check taken out (``peers.py --unchecked``).
+UNCHECKED = "securews-unchecked"
 #: The baselines: bare Autobahn as an Autobahn user serves wss:// (Twisted's
 #: default CertificateOptions), then behind securews's own TLS context.
 BASELINES = ("autobahn-twisted", "autobahn-defaults")
@@ -39,11 +41,11 @@ class Row:
         self.name, self.values, self.digits = name, values, digits
         self.target, self.tallies = target, tallies
 
-    def ratio(self, baseline: str) -> float | None:
+    def ratio(self, baseline: str, kind: str = SECUREWS) -> float | None:
         base = self.values.get(baseline)
-        if not base or SECUREWS not in self.values:
+        if not base or kind not in self.values:
             return None
-        return self.values[SECUREWS] / base
+        return self.values[kind] / base
 
     def met(self) -> bool:
         ratio = self.ratio(TARGET_BASELINE)
@@ -140,7 +142,8 @@ def report(names: dict[str, str], args: Any, results: dict[str, Any],
             other = max(f["other"] for f in fig.values())
             client = max(f["client"] for f in fig.values())
             busiest, client_peak = max(busiest, other), max(client_peak, client)
-            srv = "/".join(f"{fig[k]['server']:.0f}" for k in kinds)
+            srv = "/".join(f"{fig[k]['server']:.0f}" if k in fig else "-"
+                           for k in kinds)
             line += (f"{client:>6.0f}{srv:>18}"
                      f"{max(f['wait'] for f in fig.values()):>6.0f}{other:>7.0f}")
         out(line)
@@ -154,6 +157,14 @@ def report(names: dict[str, str], args: Any, results: dict[str, Any],
         out(f"target: securews {what} {target} x {base_name}: "
             f"{'MET' if all(r.met() for r in judged) else 'NOT MET'} "
             f"(worst {worst.ratio(TARGET_BASELINE) or 0:.3f}: {worst.name})")
+    unchecked = [row for row in table if row.ratio(TARGET_BASELINE, UNCHECKED)
+                 and not row.name.startswith("    ")]
+    if unchecked:
+        out(f"without the credential check ({names[UNCHECKED]}), x {base_name}: "
+            + "; ".join(f"{row.name.strip()} "
+                        f"{row.ratio(TARGET_BASELINE, UNCHECKED) or 0:.2f} "
+                        f"(securews {row.ratio(TARGET_BASELINE) or 0:.2f})"
+                        for row in unchecked))
     if client_peak:
         bound = ("" if client_peak < CLIENT_BOUND else
                  ": the client may have been the limit in some rows")

@@ -153,26 +153,13 @@ def build(kind: str, directory: Path) -> tuple[Any, Any]:
 
 
 def _unchecked(directory: Path) -> Any:
-    """An authenticator answering the principal the benchmark's token
-    gives, without reading the token (and keeping nothing per request,
-    unlike securews.testing's FixedAuthenticator)."""
+    """The peer benchmark's unchecked authenticator, for this token."""
+    import _harness
     import jwt
-    from twisted.internet.defer import succeed
-
-    from securews.auth.interfaces import Principal
 
     claims = jwt.decode((directory / "token").read_text(),
                         options={"verify_signature": False})
-    principal = Principal(id=claims["sub"], method="jwt", claims=claims,
-                          expires_at=float(claims["exp"]))
-
-    class Unchecked:
-        method = "jwt"
-
-        def authenticate(self, request: Any) -> Any:
-            return succeed(principal)
-
-    return Unchecked()
+    return _harness.unchecked_authenticator(claims)
 
 
 def _transport_class() -> Any:

@@ -158,8 +158,12 @@ from _peerloads import ChurnLoad, IdleConnections, RateLoad, connect_and_close
 from _table import SECUREWS, report
 
 KINDS = ("securews", "autobahn-twisted", "autobahn-defaults", "websockets")
+#: securews without its credential check (``--unchecked``), and the phases
+#: it takes part in: the credential check is paid once per connection.
+UNCHECKED = "securews-unchecked"
+UNCHECKED_PHASES = ("connect", "instructions")
 #: Column headings.
-NAMES = {"securews": "securews", "autobahn-twisted": "ab+twTLS",
+NAMES = {"securews": "securews", UNCHECKED: "sw-nocred", "autobahn-twisted": "ab+twTLS",
          "autobahn-defaults": "ab+swTLS", "websockets": "websockets"}
 WARMUP_CONNECTIONS = 20
 OPEN_CONCURRENCY = 50
@@ -185,6 +189,11 @@ class Context:
 
     def url(self, kind: str) -> str:
         return self.running[kind].url(self.query)
+
+    def kinds(self, phase: str) -> list[str]:
+        """The kinds ``phase`` measures."""
+        return [kind for kind in self.running
+                if kind != UNCHECKED or phase in UNCHECKED_PHASES]
 
     async def alternate(self, loads: Mapping[str, Load], seconds: float,
                         what: str) -> dict[str, Tally]:
@@ -234,7 +243,7 @@ async def idle_memory(c: Context, kind: str, count: int) -> dict[str, float]:
 
 async def memory_phase(c: Context, out: Out) -> dict[str, dict[str, float]]:
     results = {}
-    for kind in c.running:
+    for kind in c.kinds("memory"):
         results[kind] = row = await idle_memory(c, kind, c.args.idle)
         out(f"  memory {NAMES[kind]}: {row['before'] / 2**20:.1f} -> "
             f"{row['after'] / 2**20:.1f} MiB with {c.args.idle} connections "
@@ -257,11 +266,11 @@ async def throughput_phase(c: Context, size: int, clients: int) -> dict[str, Tal
         loads = {kind: CLoad(c.wsload, "echo", c.url(kind), c.cafile, clients,
                              payload, binary, headers=c.headers,
                              addresses=c.addresses)
-                 for kind in c.running}
+                 for kind in c.kinds("throughput")}
     else:
         loads = {kind: PicowsLoad(c.url(kind), c.ctx, clients, payload, binary,
                                   headers=c.headers, addresses=c.addresses)
-                 for kind in c.running}
+                 for kind in c.kinds("throughput")}
     return await c.alternate(loads, c.args.seconds, f"{label(size)} x{clients}")
 
 
@@ -269,7 +278,7 @@ async def latency_phase(c: Context) -> dict[str, Tally]:
     payload = text_payload(32)
     loads = {kind: RateLoad(c.url(kind), c.ctx, LATENCY_CONNECTIONS, payload,
                             c.args.rate, headers=c.headers, addresses=c.addresses)
-             for kind in c.running}
+             for kind in c.kinds("latency")}
     return await c.alternate(loads, c.args.latency_seconds, "latency")
 
 
@@ -279,11 +288,11 @@ async def connect_phase(c: Context) -> dict[str, Tally]:
         loads = {kind: CLoad(c.wsload, "churn", c.url(kind), c.cafile,
                              c.args.connectors, b"", False, headers=c.headers,
                              addresses=c.addresses)
-                 for kind in c.running}
+                 for kind in c.kinds("connect")}
     else:
         loads = {kind: ChurnLoad(c.url(kind), c.ctx, c.args.connectors,
                                  headers=c.headers, addresses=c.addresses)
-                 for kind in c.running}
+                 for kind in c.kinds("connect")}
     return await c.alternate(loads, c.args.connect_seconds, "new connections")
 
 
@@ -295,7 +304,7 @@ async def instructions_phase(c: Context, cert: str, key: str,
     with tempfile.TemporaryDirectory(prefix="securews-callgrind-") as tmp:
         directory = Path(tmp)
         started = {kind: _instructions.start(kind, cert, key, directory)
-                   for kind in c.running}
+                   for kind in c.kinds("instructions")}
         try:
             for server in started.values():
                 await asyncio.to_thread(server.wait_ready)
@@ -369,7 +378,9 @@ async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     results: dict[str, Any] = {}
-    with _harness.servers(list(KINDS), cert, key) as running:
+    kinds = [*KINDS[:1], *([UNCHECKED] if args.unchecked else []), *KINDS[1:]]
+    names = {kind: NAMES[kind] for kind in kinds}
+    with _harness.servers(kinds, cert, key) as running:
         # Only now: the servers were pinned by CPU number, not by
         # inheriting this process's mask, but say so from the kernel.
         _harness.pin_client()
@@ -387,7 +398,7 @@ async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
                 f"for the rest")
         else:
             out(f"client: picows on {_harness.loop_name()}, one process")
-        for kind in KINDS:  # refused or broken handshakes stop the run here
+        for kind in kinds:  # refused or broken handshakes stop the run here
             c.tls[kind] = await connect_and_close(
                 c.url(kind), verified, c.headers, c.addresses)
 
@@ -424,7 +435,7 @@ async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
         out(line.replace("affinity read back", "affinity read back at the end"))
         out("TLS negotiated: " + "; ".join(f"{NAMES[k]} {v}" for k, v in c.tls.items()))
         out("")
-        report(NAMES, args, results, out)
+        report(names, args, results, out)
         if not (apart and still_apart):
             out("WARNING: servers and client shared a CPU (see the affinity "
                 "lines): the rates above are not comparable to a separated run")
@@ -478,7 +489,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="finally profile securews with py-spy; raw stacks to FILE")
     p.add_argument("--profile-seconds", type=float, default=10.0,
                    help="seconds of sampling for --profile (10)")
-    p.add_argument("--profile-kind", choices=KINDS, default=SECUREWS,
+    p.add_argument("--unchecked", action="store_true",
+                   help="also securews without its credential check (sw-nocred), "
+                        "in the connect and instructions phases")
+    p.add_argument("--profile-kind", choices=(*KINDS, UNCHECKED), default=SECUREWS,
                    help="the server --profile samples (securews)")
     p.add_argument("--profile-load", choices=("echo", "connect"), default="echo",
                    help="--profile under 32-byte echo (echo) or connection "
@@ -511,6 +525,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             _cload.build()
         except _cload.Unavailable as e:
             p.error(str(e))
+    if args.profile_kind == UNCHECKED and not args.unchecked:
+        p.error(f"--profile-kind {UNCHECKED} needs --unchecked")
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         p.error(f"unknown phases: {', '.join(sorted(unknown))}")
@@ -529,10 +545,11 @@ def _ints(text: str) -> list[int]:
 
 def estimate(args: argparse.Namespace) -> float:
     """Seconds the run should take, roughly (150 handshakes/s assumed)."""
-    def phase(seconds: float) -> float:
+    def phase(seconds: float, kinds: int = len(KINDS)) -> float:
         slices = max(1, round(seconds / args.slice))
         per_kind: float = args.warmup + slices * (args.slice + SETTLE + 0.05) + 0.5
-        return len(KINDS) * per_kind
+        return kinds * per_kind
+    extra = 1 if args.unchecked else 0
     total = 5.0
     if "memory" in args.phases:
         total += len(KINDS) * (args.idle / min(args.open_rate, 150) + 3)
@@ -541,9 +558,9 @@ def estimate(args: argparse.Namespace) -> float:
     if "latency" in args.phases:
         total += phase(args.latency_seconds)
     if "connect" in args.phases:
-        total += phase(args.connect_seconds)
+        total += phase(args.connect_seconds, len(KINDS) + extra)
     if "instructions" in args.phases:
-        total += 90 + len(KINDS) * (
+        total += 90 + (len(KINDS) + extra) * (
             2 * sum(args.count_connections) + 0.02 * sum(args.count_messages))
     return total + (args.profile_seconds + args.warmup if args.profile else 0)
 
