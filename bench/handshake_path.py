@@ -38,6 +38,15 @@ Kinds:
     claims and expiry) without reading the token, so every step after
     it (revocation, per-principal places, the log line) still runs.
     The difference to ``securews`` is what verifying the JWT costs.
+``securews-es256``, ``securews-hs256``
+    The ``securews`` kind with a JWT signed with ES256 (P-256) or HS256
+    (a 64-character secret) instead of RS256 (RSA-2048).
+``securews-cookie``
+    The ``securews`` kind authenticating the web application's signed
+    session cookie instead (``auth.cookie``, an HS256 JWT with ``sub``,
+    ``iat`` and ``exp``, sent beside another cookie), no token in the
+    query.  With ``securews-noauth``, these say what each credential
+    check costs a handshake.
 
 ``--time`` counts CPU time instead (``time.process_time``): each kind in
 a fresh process, the kinds taking turns over ``--rounds`` rounds,
@@ -68,7 +77,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-KINDS = ("autobahn", "securews", "securews-nolog", "securews-noauth")
+KINDS = ("autobahn", "securews", "securews-nolog", "securews-noauth",
+         "securews-es256", "securews-hs256", "securews-cookie")
+#: What each kind's request carries: a JWT signed with this algorithm in
+#: ``?token=``, or (``cookie``) an HS256 JWT in the ``session`` cookie.
+CREDENTIAL = {"securews-es256": "ES256", "securews-hs256": "HS256",
+              "securews-cookie": "cookie"}
 ORIGIN = "https://app.bench.example"
 ISSUER = "https://auth.bench.example"
 AUDIENCE = "securews-bench"
@@ -80,25 +94,58 @@ def close_frame() -> bytes:
     return struct.pack("!BB", 0x88, 0x80 | len(body)) + b"\0\0\0\0" + body
 
 
-def request(token: str) -> bytes:
-    return (f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n"
+def credential(kind: str) -> str:
+    """``RS256``, ``ES256``, ``HS256`` or ``cookie``."""
+    return CREDENTIAL.get(kind, "RS256")
+
+
+def request(kind: str, token: str) -> bytes:
+    query, cookie = f"?token={token}", ""
+    if credential(kind) == "cookie":
+        query, cookie = "", f"Cookie: theme=dark; session={token}\r\n"
+    return (f"GET /ws{query} HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n").encode()
+            f"Sec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n{cookie}\r\n").encode()
 
 
-def credentials(directory: Path) -> str:
-    """Write an RSA public key to ``directory``; return a token it verifies."""
+def credentials(directory: Path) -> None:
+    """
+    Write to ``directory`` a verification key (``key-RS256``, a PEM
+    public key; ``key-ES256``, P-256; ``key-HS256`` and ``key-cookie``,
+    one 64-character secret) and a token it verifies (``token-...``) per
+    credential: the JWTs with ``sub``, ``iss``, ``aud``, ``iat`` and
+    ``exp``, the cookie's without ``iss`` and ``aud``, as a web
+    application signs its session.
+    """
+    import secrets
+
     import jwt
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (directory / "jwt.pem").write_bytes(private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     now = int(time.time())
-    return jwt.encode({"sub": "bench-user", "iss": ISSUER, "aud": AUDIENCE,
-                       "iat": now, "exp": now + 86400}, private, algorithm="RS256")
+    claims = {"sub": "bench-user", "iss": ISSUER, "aud": AUDIENCE,
+              "iat": now, "exp": now + 86400}
+    secret = secrets.token_urlsafe(48)
+    for name, private in (("RS256", rsa.generate_private_key(65537, 2048)),
+                          ("ES256", ec.generate_private_key(ec.SECP256R1()))):
+        (directory / f"key-{name}").write_bytes(private.public_key().public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo))
+        (directory / f"token-{name}").write_text(
+            jwt.encode(claims, private, algorithm=name))
+    (directory / "key-HS256").write_text(secret + "\n")
+    (directory / "token-HS256").write_text(
+        jwt.encode(claims, secret, algorithm="HS256"))
+    (directory / "key-cookie").write_text(secret + "\n")
+    (directory / "token-cookie").write_text(jwt.encode(
+        {"sub": "bench-user", "iat": now, "exp": now + 86400}, secret,
+        algorithm="HS256"))
+
+
+def token(kind: str, directory: Path) -> str:
+    return (directory / f"token-{credential(kind)}").read_text()
 
 
 def build(kind: str, directory: Path) -> tuple[Any, Any]:
@@ -129,14 +176,21 @@ def build(kind: str, directory: Path) -> tuple[Any, Any]:
     from securews.testing import make_config
     from securews.wire.factory import SecureServerFactory
 
+    method = credential(kind)
+    key_file = str(directory / f"key-{method}")
+    auth: dict[str, Any] = (
+        {"methods": ["cookie"],
+         "cookie": {"mode": "signed", "secret_file": key_file, "max_age": 86400}}
+        if method == "cookie" else
+        {"methods": ["jwt"],
+         "jwt": {"algorithms": [method], "key_file": key_file,
+                 "issuer": ISSUER, "audience": AUDIENCE}})
     config = make_config(
         server={"path": "/ws", "app": "echo"},
         tls={"cert": "/unused/cert.pem", "key": "/unused/key.pem"},
         log={"file": str(directory / "securews.log")},
         origin={"allowed": [ORIGIN]},
-        auth={"methods": ["jwt"],
-              "jwt": {"algorithms": ["RS256"], "key_file": str(directory / "jwt.pem"),
-                      "issuer": ISSUER, "audience": AUDIENCE}},
+        auth=auth,
         ratelimit={"messages_per_second": 100_000, "message_burst": 100_000,
                    "bytes_per_second": 2**30, "bytes_burst": 2**30,
                    "sessions_per_principal": 1_000_000,
@@ -157,7 +211,7 @@ def _unchecked(directory: Path) -> Any:
     import _harness
     import jwt
 
-    claims = jwt.decode((directory / "token").read_text(),
+    claims = jwt.decode(token("securews", directory),
                         options={"verify_signature": False})
     return _harness.unchecked_authenticator(claims)
 
@@ -198,9 +252,8 @@ def drive(kind: str, connections: int, directory: Path, timed: bool = False) -> 
     With ``timed``, warm up with ``connections`` more first, then print
     the CPU time per connection.
     """
-    token = (directory / "token").read_text()
     factory, clock = build(kind, directory)
-    data = request(token)
+    data = request(kind, token(kind, directory))
     transport = _transport_class()
     connect(factory, clock, data, 0, transport)
     first = 1
@@ -245,10 +298,9 @@ def profile(kinds: list[str], connections: int, directory: Path, top: int,
     import cProfile
     import pstats
 
-    token = (directory / "token").read_text()
     for kind in kinds:
         factory, clock = build(kind, directory)
-        data = request(token)
+        data = request(kind, token(kind, directory))
         transport = _transport_class()
         connect(factory, clock, data, 0, transport)
         profiler = cProfile.Profile()
@@ -317,7 +369,7 @@ def main() -> None:
                      f"choose from {', '.join(KINDS)}")
     with tempfile.TemporaryDirectory(prefix="securews-handshake-") as tmp:
         directory = Path(tmp)
-        (directory / "token").write_text(credentials(directory))
+        credentials(directory)
         if args.profile:
             profile(kinds, args.connections, directory, args.top, args.callers)
             return
