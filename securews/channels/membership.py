@@ -147,6 +147,10 @@ class _Subscription:
             self.deliver(position, data)
 
 
+def _discard(text: str) -> None:
+    """A closed membership's send."""
+
+
 class Membership:
     """
     :param send: writes a text frame to the session.
@@ -248,7 +252,10 @@ class Membership:
         return d.addErrback(failed)
 
     def close(self) -> None:
-        """The session ended: every subscription stops."""
+        """The session ended: every subscription stops, and the session's
+        send (a method of the session, which holds this membership) is let
+        go of, so that the two do not wait for the cyclic collector."""
         self._closed = True
         for channel in list(self._subscriptions):
             self.unsubscribe(channel)
+        self._send = _discard

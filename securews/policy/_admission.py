@@ -123,8 +123,11 @@ class Admission:
 
     def close(self) -> None:
         """The connection ended: every place is given back, and the run stops
-        (an answer that arrives later is dropped, a place it brings given back)."""
+        (an answer that arrives later is dropped, a place it brings given back).
+        The connection is let go of, so that the two do not keep each other
+        alive for the cyclic garbage collector to find."""
         self._closed = True
+        self.connection = None
         self.waiting = None
         leases, self._leases = list(self._leases.values()), {}
         for lease in leases:

@@ -19,7 +19,7 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -102,6 +102,27 @@ class HandshakeProtocol(WebSocketServerProtocol):
     def _choose_subprotocol(self, offered: list[str]) -> str | None:
         """Overridden by the session half, which knows the app's subprotocols."""
         return None
+
+    @property
+    def is_closed(self) -> Deferred[Any]:
+        """
+        Autobahn's Deferred that fires with this protocol once the
+        connection is closed.  Once the connection is gone, a Deferred
+        already fired with the protocol is handed out instead of the
+        original being kept: the original, holding the protocol as its
+        result, would keep every object of the connection alive until the
+        cyclic garbage collector found them (a connection's objects are
+        freed the moment it ends instead).
+        """
+        try:
+            d: Deferred[Any] | None = self.__dict__["_is_closed"]
+        except KeyError:
+            raise AttributeError("is_closed") from None
+        return succeed(self) if d is None else d
+
+    @is_closed.setter
+    def is_closed(self, d: Deferred[Any]) -> None:
+        self.__dict__["_is_closed"] = d
 
     @property
     def policy(self) -> Policy:
@@ -422,6 +443,20 @@ class HandshakeProtocol(WebSocketServerProtocol):
                 self._release()
             finally:
                 self.factory.connection_lost(self)
+                self._let_go()
+
+    def _let_go(self) -> None:
+        """
+        The connection is over: drop what would keep this protocol alive
+        through a reference cycle, so that reference counting frees the
+        connection now instead of the cyclic collector later: an upgrade
+        admission never answered (Autobahn's callbacks on it hold the
+        protocol) and the fired ``is_closed`` (see :attr:`is_closed`).
+        """
+        self._upgrade = None
+        closed = self.__dict__.get("_is_closed")
+        if closed is not None and closed.called:
+            self.__dict__["_is_closed"] = None
 
     def _release(self) -> None:
         """Give back every place this connection holds (idempotent)."""

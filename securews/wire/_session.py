@@ -157,6 +157,11 @@ class SessionProtocol(PinnedOptionsProtocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._timer = self._close_timer = None
+        # Nothing is written once the connection is lost; the gate and the
+        # session would keep each other alive for the cyclic collector.
+        if self._gate is not None:
+            self._gate.release()
+            self._gate = None
         if not self._opened:
             return
         self._opened = False

@@ -86,15 +86,26 @@ class WriteGate:
         self.session = session
         self.paused = False
 
+    def release(self) -> None:
+        """
+        The session ended: it is let go of.  A transport keeps its
+        producer after a connection is lost; through this gate it would
+        keep the session, and the session its transport, alive for the
+        cyclic garbage collector to find.
+        """
+        self.session = None
+
     def pauseProducing(self) -> None:
         if not self.paused:
             self.paused = True
-            self.session.onWritePaused()
+            if self.session is not None:
+                self.session.onWritePaused()
 
     def resumeProducing(self) -> None:
         if self.paused:
             self.paused = False
-            self.session.onWriteResumed()
+            if self.session is not None:
+                self.session.onWriteResumed()
 
     def stopProducing(self) -> None:
         self.paused = True
