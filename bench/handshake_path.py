@@ -50,9 +50,12 @@ Kinds:
 
 ``--time`` counts CPU time instead (``time.process_time``): each kind in
 a fresh process, the kinds taking turns over ``--rounds`` rounds,
-medians printed.  Instruction counts repeat, but they weigh every
-instruction alike, and the same count costs more time in code spread
-over many functions and objects (securews) than in a tight loop
+medians printed; and, with the collector off for as many connections
+again, the objects per connection that only the cyclic garbage
+collector frees (everything else is freed when the connection ends).
+Instruction counts repeat, but they weigh every instruction alike, and
+the same count costs more time in code spread over many functions and
+objects (securews) than in a tight loop
 (Autobahn's eager debug formatting); the time is the figure a
 connection rate follows, with the machine's noise.
 
@@ -65,6 +68,7 @@ look, not the instruction counts.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import shutil
@@ -266,18 +270,29 @@ def drive(kind: str, connections: int, directory: Path, timed: bool = False) -> 
         connect(factory, clock, data, first + i, transport)
     if timed:
         print(f"CPU {(time.process_time() - started) / connections * 1e6:.1f}")
+        first += connections
+        gc.collect()
+        gc.disable()
+        for i in range(connections):
+            connect(factory, clock, data, first + i, transport)
+        print(f"CYCLIC {gc.collect() / connections:.1f}")
+        gc.enable()
 
 
-def cpu_time(kind: str, connections: int, directory: Path) -> float:
-    """Microseconds of CPU per connection, from a fresh child process."""
+def cpu_time(kind: str, connections: int, directory: Path) -> tuple[float, float]:
+    """
+    Microseconds of CPU per connection, from a fresh child process, and
+    the objects per connection that only the cyclic garbage collector
+    frees (the rest is freed the moment the connection ends).
+    """
     done = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--connections", str(connections),
          "--directory", str(directory), "--timed"],
         check=True, capture_output=True, text=True)
-    match = re.search(r"^CPU ([0-9.]+)$", done.stdout, re.MULTILINE)
+    match = re.search(r"^CPU ([0-9.]+)\nCYCLIC ([0-9.]+)$", done.stdout, re.MULTILINE)
     if match is None:
         raise SystemExit(f"{kind}: no time printed: {done.stderr[-500:]}")
-    return float(match.group(1))
+    return float(match.group(1)), float(match.group(2))
 
 
 def instructions(kind: str, connections: int, directory: Path) -> int:
@@ -326,9 +341,11 @@ def profile(kinds: list[str], connections: int, directory: Path, top: int,
 
 def times(kinds: list[str], connections: int, rounds: int, directory: Path) -> None:
     taken: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cyclic: dict[str, float] = {}
     for _ in range(rounds):
         for kind in kinds:
-            taken[kind].append(cpu_time(kind, connections, directory))
+            cpu, cyclic[kind] = cpu_time(kind, connections, directory)
+            taken[kind].append(cpu)
     median = {kind: statistics.median(values) for kind, values in taken.items()}
     print(f"CPU time per connection, upgrade to close ({connections} connections, "
           f"in memory, no TLS; median of {rounds} turns, low to high in brackets):")
@@ -337,6 +354,10 @@ def times(kinds: list[str], connections: int, rounds: int, directory: Path) -> N
                  if "autobahn" in median and kind != "autobahn" else "")
         print(f"  {kind:15} {median[kind]:8.1f} us  "
               f"[{min(taken[kind]):.1f} to {max(taken[kind]):.1f}]{ratio}")
+    print("objects per connection left to the cyclic garbage collector "
+          "(the rest is freed when the connection ends):")
+    for kind in kinds:
+        print(f"  {kind:15} {cyclic[kind]:8.1f}")
 
 
 def main() -> None:
