@@ -362,6 +362,9 @@ class SecureTLSTransport(BufferingTLSTransport):
             self._tlsShutdownFinished(None)  # type: ignore[no-untyped-call]
         elif ended is not None:
             self._tlsShutdownFinished(ended)  # type: ignore[no-untyped-call]
+            # Its traceback holds this frame, which holds it: a cycle that
+            # would keep the connection for the cyclic garbage collector.
+            ended.cleanFailure()
         self._flushSendBIO()
 
 

@@ -147,6 +147,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
         self._accepted_at = self.policy.clock.seconds()
         self._admission = Admission(self.policy, arrival, self)
         self._admission.start()
+        if self._dropped:
+            # No connectionLost follows a drop at accept: the run lets go
+            # of this protocol here (it holds no place yet).
+            self._release()
         return not self._dropped
 
     def connectionMade(self) -> None:
@@ -442,8 +446,10 @@ class HandshakeProtocol(WebSocketServerProtocol):
             try:
                 self._release()
             finally:
-                self.factory.connection_lost(self)
-                self._let_go()
+                try:
+                    self.factory.connection_lost(self)
+                finally:
+                    self._let_go()
 
     def _let_go(self) -> None:
         """

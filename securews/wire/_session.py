@@ -106,6 +106,10 @@ class SessionProtocol(PinnedOptionsProtocol):
                 policy.broker, grants_of(claims, getattr(principal, "id", "")),
                 self._send_text,
                 max_subscriptions=policy.config.channels.max_subscriptions)
+            if self.state == WebSocketProtocol.STATE_CLOSED:
+                # Joined after the close (a late callback): closed at once,
+                # or its subscriptions would outlive the session.
+                self._membership.close()
         return self._membership
 
     def _send_text(self, text: str) -> None:
@@ -157,11 +161,11 @@ class SessionProtocol(PinnedOptionsProtocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._timer = self._close_timer = None
-        # Nothing is written once the connection is lost; the gate and the
-        # session would keep each other alive for the cyclic collector.
+        # The gate and the session would keep each other alive for the
+        # cyclic garbage collector; nothing is written once the connection
+        # is lost.
         if self._gate is not None:
             self._gate.release()
-            self._gate = None
         if not self._opened:
             return
         self._opened = False

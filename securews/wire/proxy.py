@@ -175,6 +175,9 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         self._settings.unregisterProtocol(self)  # type: ignore[no-untyped-call]
         if self.header is not None:
             self.wrappedProtocol.connectionLost(reason)
+            # As Twisted's ProtocolWrapper does: the two would keep each
+            # other alive for the cyclic garbage collector.
+            self.wrappedProtocol = None  # type: ignore[assignment]
 
     # -- transport for the wrapped protocol ---------------------------------
 

@@ -201,3 +201,43 @@ def test_a_channels_session_is_freed_without_the_cyclic_collector() -> None:
     del session
     policy.clock.advance(60)
     assert _survivors(refs) == []
+
+
+@pytest.mark.usefixtures("collector_off")
+def test_a_connection_dropped_at_accept_is_freed_without_the_cyclic_collector(
+        clock: Clock) -> None:
+    """No connectionLost follows a drop at accept (the connect rate here):
+    the protocol and its admission run let go of each other at once."""
+    factory = make_factory(clock, FixedAuthenticator(ALICE),
+                           ratelimit={"connect_rate": 1, "connect_burst": 1})
+    first, _ = handshake(factory)
+    assert first is not None
+    built: list[weakref.ref[Any]] = []
+    real = factory.protocol
+
+    def watched() -> Any:
+        proto = real()
+        built.append(weakref.ref(proto))
+        return proto
+
+    factory.protocol = watched
+    dropped, transport = handshake(factory)
+    assert dropped is None
+    assert transport.disconnecting
+    assert len(built) == 1
+    assert built[0]() is None
+
+
+def test_channels_joined_after_the_close_are_closed_at_once(clock: Clock) -> None:
+    """A late callback that joins channels after the close gets a closed
+    membership: nothing it subscribes outlives the session."""
+    alice = Principal("alice", "fixed", {"channels": {"sub": ["news"]}})
+    factory = make_factory(clock, FixedAuthenticator(alice))
+    proto, transport = handshake(factory)
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    proto.connectionLost(connectionDone)
+    outcome: list[Any] = []
+    proto.join_channels().subscribe("news").addBoth(outcome.append)
+    assert len(outcome) == 1
+    assert outcome[0].value.reason == "unavailable"
+    assert len(proto.join_channels()) == 0
