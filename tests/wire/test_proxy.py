@@ -742,3 +742,25 @@ async def test_nginx_example_terminates_tls_and_hides_queries(
     assert '"GET /ws HTTP/1.1" 101 ' in await deferToThread(logged)
     for path in tmp_path.glob("*.log"):
         assert "QUERY-SECRET" not in path.read_text(), path
+
+
+def test_a_lost_proxied_connection_is_freed_without_the_cyclic_collector() -> None:
+    """The wrapper lets go of its protocol once it has passed the loss on
+    (as Twisted's ProtocolWrapper does): the two do not wait for the
+    cyclic garbage collector."""
+    import gc
+    import weakref
+
+    clock = Clock()
+    gc.collect()
+    gc.disable()
+    try:
+        proto, inner, transport, _drops = wrapper(clock)
+        proto.dataReceived(b"PROXY TCP4 203.0.113.7 192.0.2.1 5555 443\r\nhello")
+        proto.connectionLost(connectionDone)
+        assert inner.lost is connectionDone
+        refs = [weakref.ref(proto), weakref.ref(inner)]
+        del proto, inner, transport
+        assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()
