@@ -82,16 +82,17 @@ class RunningServer:
 async def serve() -> AsyncIterator[Callable[..., Any]]:
     """
     ``server = await serve(factory)`` listens on 127.0.0.1 on a free
-    port; at teardown every listener is closed and every connection
+    port (``serve(factory, context=...)``: with that TLS context, kept by
+    the caller, rather than one built from the factory's ``[tls]``); at teardown every listener is closed and every connection
     dropped, so no test leaks into the next.
     """
     ports: list[Any] = []
     factories: list[SecureServerFactory] = []
 
-    def start(factory: SecureServerFactory) -> Any:
+    def start(factory: SecureServerFactory, context: Any = None) -> Any:
         endpoint = TCP4ServerEndpoint(global_reactor, 0, interface="127.0.0.1")
         factories.append(factory)
-        d = endpoint.listen(listening_factory(factory))
+        d = endpoint.listen(listening_factory(factory, context=context))
 
         def listening(port: Any) -> RunningServer:
             ports.append(port)
