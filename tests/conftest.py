@@ -83,8 +83,9 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
     """
     ``server = await serve(factory)`` listens on 127.0.0.1 on a free
     port (``serve(factory, context=...)``: with that TLS context, kept by
-    the caller, rather than one built from the factory's ``[tls]``); at teardown every listener is closed and every connection
-    dropped, so no test leaks into the next.
+    the caller, rather than one built from the factory's ``[tls]``); at
+    teardown every listener is closed and every connection dropped, so no
+    test leaks into the next.
     """
     ports: list[Any] = []
     factories: list[SecureServerFactory] = []
