@@ -319,12 +319,44 @@ class SecureTLSTransport(BufferingTLSTransport):
             self.write = aggregator.write  # type: ignore[method-assign]
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
+    #: While :meth:`loseConnection` gathers: the records read from the
+    #: send BIO, not yet sent.
+    _held: list[bytes] | None = None
+    #: What :meth:`loseConnection` gathered, sent with TLS's close_notify.
+    _unsent = b""
+
+    def loseConnection(self) -> None:
+        """
+        Twisted's, with what the protocol wrote last (a close frame, an
+        HTTP answer) and TLS's close_notify sent in one write: Twisted
+        sends them apart, one more system call and one more packet for
+        every connection that ends.
+        """
+        held: list[bytes] = []
+        self._held = held
+        try:
+            self._aggregator.flush()
+        finally:
+            self._held = None
+        self._unsent = b"".join(held)
+        TLSMemoryBIOProtocol.loseConnection(self)
+        if self._unsent:  # no close_notify yet (TLS still busy): send it now
+            self._flushSendBIO()
+
     def _flushSendBIO(self) -> None:
         try:
             data = self._tlsConnection.bio_read(2**15)
         except SSL.WantReadError:
-            return  # nothing to send
-        send_now(self.transport, data)
+            data = b""
+        held = self._held
+        if held is not None:
+            if data:
+                held.append(data)
+            return
+        if self._unsent:
+            data, self._unsent = self._unsent + data, b""
+        if data:
+            send_now(self.transport, data)
 
     def _flushReceiveBIO(self) -> None:
         chunks: list[bytes] = []

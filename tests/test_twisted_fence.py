@@ -452,3 +452,76 @@ def test_bytes_queued_before_the_first_do_write_are_counted() -> None:
     descriptor.write(b"y" * 24)
     assert "dataBuffer" not in vars(descriptor)
     assert _twisted.queued_bytes(descriptor) == 1024
+
+
+class LastWords(Protocol):
+    """On its first delivery, writes ``writes`` and loses the connection."""
+
+    def __init__(self, writes: list[bytes], sends: list[int]) -> None:
+        self.writes = writes
+        self.sends = sends
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.sends.clear()  # count the sends from here on
+        for chunk in self.writes:
+            self.transport.write(chunk)
+        self.transport.loseConnection()
+
+
+def until_close_notify(port: int, cafile: str) -> bytes:
+    """Send a byte; everything the server sends back, which must end with
+    its close_notify (a bare TCP close raises)."""
+    context = ssl.create_default_context(cafile=cafile)
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost",
+                                suppress_ragged_eofs=False) as sock:
+        sock.sendall(b"!")
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
+@pytest.mark.parametrize(("writes", "sends"), [
+    ([b"bye"], 1),
+    ([bytes([65 + i]) * 20_000 for i in range(3)], 1),
+    ([b"x" * 70_000], None),  # over the aggregator's 64,000: sent as written
+], ids=["small", "60000", "70000"])
+@pytest_twisted.ensureDeferred
+async def test_the_last_writes_and_close_notify_go_in_one_send(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch, writes: list[bytes],
+    sends: int | None,
+) -> None:
+    """
+    What a connection writes before it loses the connection (a close
+    frame, an HTTP answer) leaves with TLS's close_notify in one send:
+    Twisted's transport sends them apart.  Every byte arrives, then the
+    close_notify.
+    """
+    calls: list[int] = []
+    send_now = _twisted.send_now
+
+    def spy(transport: Any, data: bytes) -> None:
+        calls.append(len(data))
+        send_now(transport, data)
+
+    monkeypatch.setattr(_twisted, "send_now", spy)
+    context = server_context(TLSSettings(cert=str(certs.cert), key=str(certs.key)))
+    factory = _twisted.SecureTLSFactory(
+        context, False, Factory.forProtocol(lambda: LastWords(writes, calls)))
+    port = await TCP4ServerEndpoint(global_reactor, 0,
+                                    interface="127.0.0.1").listen(factory)
+    result: list[bytes] = []
+    thread = threading.Thread(target=lambda: result.append(until_close_notify(
+        port.getHost().port, str(certs.ca_cert))))
+    thread.start()
+    try:
+        while thread.is_alive():
+            await deferLater(global_reactor, 0.01)
+    finally:
+        await port.stopListening()
+        thread.join(10)
+    assert result == [b"".join(writes)]
+    if sends is not None:
+        assert len(calls) == sends, calls
