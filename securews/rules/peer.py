@@ -51,6 +51,10 @@ LOCAL_KEY = "local"
 _MAX_ENTRY_LENGTH = 100
 _BRACKETED = re.compile(r"\[([^\[\]]+)\](?::([0-9]{1,5}))?")
 _V4_PORT = re.compile(r"([0-9.]+):([0-9]{1,5})")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: An IPv4 address exactly as ``str(IPv4Address(...))`` writes it (what
+#: the socket layer reports): already normalised, its own network key.
+_CANONICAL_V4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 def _normalise(ip: IPAddress) -> IPAddress:
@@ -183,6 +187,8 @@ def network_key(address: str, ipv6_prefix: int) -> str:
         is not an IP address.
     :raises ValueError: unless ``0 <= ipv6_prefix <= 128``.
     """
+    if 0 <= ipv6_prefix <= 128 and _CANONICAL_V4.fullmatch(address):
+        return address
     return _network_key(address, ipv6_prefix)
 
 
@@ -225,6 +231,8 @@ class Peer:
 
 
 def _normalised_host(host: str) -> str:
+    if _CANONICAL_V4.fullmatch(host):
+        return host
     ip = parse_forwarded_entry(host)
     return host if ip is None else str(ip)
 

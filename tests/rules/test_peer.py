@@ -379,3 +379,26 @@ def test_a_remembered_network_key_is_the_one_computed(
 
     for address, prefix in asked + asked[::-1]:
         assert network_key(address, prefix) == _network_key.__wrapped__(address, prefix)
+
+
+_dotted = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.lists(st.integers(0, 999).map(str), min_size=3, max_size=5).map(".".join),
+    st.lists(st.text("0123456789", min_size=1, max_size=4),
+             min_size=4, max_size=4).map(".".join),
+    st.text("0123456789.:", max_size=20),
+)
+
+
+@given(_dotted)
+def test_the_ipv4_shortcut_answers_as_the_parser_does(host: str) -> None:
+    """A dotted quad as the socket layer writes it skips the address
+    parser; whatever else looks like one (leading zeros, octets over 255,
+    too few or many parts, a port) still goes through it, and every
+    answer is the parser's."""
+    from securews.rules.peer import _network_key, _normalised_host
+
+    parsed = parse_forwarded_entry(host)
+    assert _normalised_host(host) == (host if parsed is None else str(parsed))
+    for prefix in (0, 64, 128):
+        assert network_key(host, prefix) == _network_key.__wrapped__(host, prefix)
