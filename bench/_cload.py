@@ -32,8 +32,8 @@ SOURCE = Path(__file__).with_name("wsload.c")
 LAYOUT = struct.Struct("=QQIIIIIIII64s192s")
 #: Byte offsets of its fields.
 OFFSET = {"count": 0, "addresses": 8, "running": 16, "resumes": 20, "acked": 24,
-          "in_flight": 28, "stop": 32, "failed": 36, "ready": 40, "tls": 48,
-          "error": 112}
+          "in_flight": 28, "stop": 32, "failed": 36, "ready": 40, "resumed": 44,
+          "tls": 48, "error": 112}
 #: Source addresses set aside for one churn load (a few hundred a second
 #: for the seconds it runs).
 CHURN_ADDRESSES = 100_000
@@ -85,7 +85,12 @@ def openssl_version(binary: Path) -> str:
 class CLoad(Load):
     """
     One wsload process: ``echo`` (``clients`` connections echoing
-    ``payload``) or ``churn`` (``clients`` threads of whole connections).
+    ``payload``), ``churn`` (``clients`` threads of whole connections) or
+    ``rejoin`` (the same, each connection offering its thread's previous
+    TLS session).
+
+    ``final`` holds the last ``count`` and ``resumed`` (handshakes the
+    server resumed) once the load is closed.
 
     ``count`` and ``errors`` are read from the shared page; ``pid`` is the
     process, whose CPU the measurement adds to the client's.
@@ -102,6 +107,7 @@ class CLoad(Load):
         self.proc: asyncio.subprocess.Process | None = None
         self.page: mmap.mmap | None = None
         self.pid: int | None = None
+        self.final: dict[str, int] = {}
 
     # count and errors live in the page; Load.__init__ assigns both.
     @property  # type: ignore[override]
@@ -172,7 +178,7 @@ class CLoad(Load):
         for _ in range(30_000):
             if self.errors:
                 return
-            acked = self.mode == "churn" or self._get("acked") == self._get("resumes")
+            acked = self.mode != "echo" or self._get("acked") == self._get("resumes")
             if acked and self._get("in_flight") == 0:
                 return
             await asyncio.sleep(0.001)
@@ -189,6 +195,7 @@ class CLoad(Load):
                 self.proc.kill()
                 await self.proc.wait()
         if self.page is not None:
+            self.final = {name: self._get(name) for name in ("count", "resumed")}
             self.page.close()
             self._file.close()
 

@@ -100,6 +100,17 @@ def rows(args: Any, results: dict[str, Any]) -> list[Row]:
         found.append(Row("    in the kernel",
                          {k: f["kernel_us"] / 1000 for k, f in fig.items()}, 2, "",
                          tallies))
+    if "reconnect" in results:
+        tallies = results["reconnect"]
+        fig = {k: t.row() for k, t in tallies.items()}
+        found.append(Row(f"reconnects/s, {args.connectors} connectors",
+                         {k: f["rate"] for k, f in fig.items()}, 0, "", tallies))
+        found.append(Row("  TLS sessions resumed, %", results["resumed"], 0))
+        found.append(Row("  server CPU ms/conn",
+                         {k: f["us"] / 1000 for k, f in fig.items()}, 2, "", tallies))
+        found.append(Row("    in the kernel",
+                         {k: f["kernel_us"] / 1000 for k, f in fig.items()}, 2, "",
+                         tallies))
     if "instructions" in results:
         counted = results["instructions"]
         keys = sorted({key for r in counted.values() for key in r},

@@ -90,6 +90,14 @@ new connections/s and server CPU per connection
     handshake (no resumption), WebSocket upgrade, close handshake and
     TCP close; completed connections per second and the server's CPU
     milliseconds per connection, in slices as above.
+reconnections/s and server CPU per reconnection
+    The same, except that each loop offers the TLS session of its
+    previous connection, as a browser reconnecting within the hour does:
+    the server resumes it if it can (securews and ``ab+swTLS`` from
+    securews's session cache, ``websockets`` from the ``ssl`` module's
+    tickets; Twisted's default ``CertificateOptions`` caches no
+    session, so ``ab+twTLS`` makes full handshakes), and the share of
+    handshakes resumed is shown beside.  Needs wsload.
 
 Besides CPU per message or connection, the table shows the part of it
 the server spent in the kernel (``stime``, whole clock ticks summed over
@@ -161,14 +169,14 @@ KINDS = ("securews", "autobahn-twisted", "autobahn-defaults", "websockets")
 #: securews without its credential check (``--unchecked``), and the phases
 #: it takes part in: the credential check is paid once per connection.
 UNCHECKED = "securews-unchecked"
-UNCHECKED_PHASES = ("connect", "instructions")
+UNCHECKED_PHASES = ("connect", "reconnect", "instructions")
 #: Column headings.
 NAMES = {"securews": "securews", UNCHECKED: "sw-nocred", "autobahn-twisted": "ab+twTLS",
          "autobahn-defaults": "ab+swTLS", "websockets": "websockets"}
 WARMUP_CONNECTIONS = 20
 OPEN_CONCURRENCY = 50
 LATENCY_CONNECTIONS = 10
-PHASES = ("memory", "throughput", "latency", "connect", "instructions")
+PHASES = ("memory", "throughput", "latency", "connect", "reconnect", "instructions")
 
 Out = Callable[[str], None]
 
@@ -294,6 +302,20 @@ async def connect_phase(c: Context) -> dict[str, Tally]:
                                  headers=c.headers, addresses=c.addresses)
                  for kind in c.kinds("connect")}
     return await c.alternate(loads, c.args.connect_seconds, "new connections")
+
+
+async def reconnect_phase(c: Context) -> tuple[dict[str, Tally], dict[str, float]]:
+    """The connection churn, each connection offering the TLS session of
+    its loop's previous one; also the % of handshakes each server resumed."""
+    assert c.wsload is not None
+    loads = {kind: CLoad(c.wsload, "rejoin", c.url(kind), c.cafile,
+                         c.args.connectors, b"", False, headers=c.headers,
+                         addresses=c.addresses)
+             for kind in c.kinds("reconnect")}
+    tallies = await c.alternate(loads, c.args.connect_seconds, "reconnections")
+    resumed = {kind: 100 * load.final["resumed"] / max(load.final["count"], 1)
+               for kind, load in loads.items()}
+    return tallies, resumed
 
 
 async def instructions_phase(c: Context, cert: str, key: str,
@@ -425,6 +447,13 @@ async def run(args: argparse.Namespace, cert: str, key: str, ca: str,
             started = time.monotonic()
             results["connect"] = await connect_phase(c)
             step("new connections", started)
+        if "reconnect" in args.phases:
+            if c.wsload is None:
+                out("reconnections: skipped (they need wsload)")
+            else:
+                started = time.monotonic()
+                results["reconnect"], results["resumed"] = await reconnect_phase(c)
+                step("reconnections", started)
         # Read back again at the end: nothing moved a process meanwhile.
         line, still_apart = _harness.placement(
             {NAMES[k]: s.pid for k, s in running.items()}, {"picows": os.getpid()})
@@ -557,8 +586,9 @@ def estimate(args: argparse.Namespace) -> float:
         total += len(args.size) * len(args.clients) * phase(args.seconds)
     if "latency" in args.phases:
         total += phase(args.latency_seconds)
-    if "connect" in args.phases:
-        total += phase(args.connect_seconds, len(KINDS) + extra)
+    for churn in ("connect", "reconnect"):
+        if churn in args.phases:
+            total += phase(args.connect_seconds, len(KINDS) + extra)
     if "instructions" in args.phases:
         total += 90 + (len(KINDS) + extra) * (
             2 * sum(args.count_connections) + 0.02 * sum(args.count_messages))

@@ -7,6 +7,7 @@
  *
  *   wsload echo  SHM HOST PORT TARGET ORIGIN CAFILE CONNS HEXPAYLOAD BINARY FIRST
  *   wsload churn SHM HOST PORT TARGET ORIGIN CAFILE LOOPS -          0      FIRST
+ *   wsload rejoin (the same arguments as churn)
  *
  * echo:  CONNS connections (one epoll loop, non-blocking), each keeping
  *        one message in flight while running; pings are answered.
@@ -14,6 +15,10 @@
  *        TCP connect, full TLS handshake (no session cache, no tickets:
  *        never resumed), upgrade, close handshake (1000), TLS close_notify,
  *        the server's TCP close.
+ * rejoin: churn, except that each thread offers the TLS session of its
+ *        previous connection, as a browser reconnecting does (the first
+ *        handshake of each thread is a full one); the server decides
+ *        whether to resume it, and `resumed` counts those it did.
  *
  * Every connection comes from its own source address in 127.0.0.0/8,
  * numbered from FIRST as bench/_harness.py's Addresses numbers them, and
@@ -57,7 +62,7 @@ struct shared {
     uint32_t stop;      /* controller: close everything and exit */
     uint32_t failed;    /* wsload: nonzero once `error` holds a message */
     uint32_t ready;     /* wsload: connected (echo) or started (churn) */
-    uint32_t pad;
+    uint32_t resumed;   /* wsload: handshakes the server resumed (rejoin) */
     char tls[64];       /* negotiated version and cipher */
     char error[192];
 };
@@ -70,6 +75,7 @@ static struct shared *sh;
 static SSL_CTX *ctx;
 static const char *host, *target, *origin;
 static int port;
+static int rejoin;
 static uint64_t first_address;
 static unsigned char mask_key[4] = {0x37, 0xfa, 0x21, 0x3d};
 
@@ -152,8 +158,10 @@ static SSL *open_ws(int *fdp, unsigned char *buf, size_t cap, size_t *len) {
         fail("bind: %s", strerror(errno));
     if (connect(fd, (struct sockaddr *)&dst, sizeof dst) < 0)
         fail("connect: %s", strerror(errno));
+    static __thread SSL_SESSION *last;
     SSL *ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
+    if (rejoin && last && SSL_set_session(ssl, last) != 1) fail("SSL_set_session");
     X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
     int rc = SSL_connect(ssl);
     if (rc != 1) tls_fail("TLS handshake", ssl, rc);
@@ -189,6 +197,13 @@ static SSL *open_ws(int *fdp, unsigned char *buf, size_t cap, size_t *len) {
     if (!sh->tls[0])
         snprintf(sh->tls, sizeof sh->tls, "%s %s", SSL_get_version(ssl),
                  SSL_get_cipher_name(ssl));
+    if (rejoin) {
+        /* Under TLS 1.3 the server's tickets came before its 101. */
+        if (SSL_session_reused(ssl)) ADD(sh->resumed, 1);
+        SSL_SESSION *next = SSL_get1_session(ssl);
+        if (last) SSL_SESSION_free(last);
+        last = next;
+    }
     *fdp = fd;
     return ssl;
 }
@@ -407,7 +422,7 @@ static int unhex(int c) {
 
 int main(int argc, char **argv) {
     if (argc != 12) {
-        fprintf(stderr, "usage: wsload echo|churn SHM HOST PORT TARGET ORIGIN "
+        fprintf(stderr, "usage: wsload echo|churn|rejoin SHM HOST PORT TARGET ORIGIN "
                         "CAFILE N HEXPAYLOAD BINARY FIRST\n");
         return 2;
     }
@@ -421,15 +436,16 @@ int main(int argc, char **argv) {
     origin = argv[6];
     int n = atoi(argv[8]);
     first_address = strtoull(argv[11], NULL, 10);
+    rejoin = strcmp(argv[1], "rejoin") == 0;
     ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    if (!rejoin) SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_read_ahead(ctx, 1); /* a read syscall per socket read, not per record part */
     if (SSL_CTX_load_verify_locations(ctx, argv[7], NULL) != 1)
         fail("cannot load the CA file %s", argv[7]);
-    if (strcmp(argv[1], "churn") == 0) return churn(n);
+    if (strcmp(argv[1], "churn") == 0 || rejoin) return churn(n);
     if (strcmp(argv[1], "echo") != 0) fail("unknown mode %s", argv[1]);
     size_t hex = strlen(argv[9]);
     unsigned char *payload = malloc(hex / 2 + 1);
