@@ -338,10 +338,13 @@ class SecureTLSTransport(BufferingTLSTransport):
             self._aggregator.flush()
         finally:
             self._held = None
-        self._unsent = b"".join(held)
+            self._unsent = b"".join(held)
         TLSMemoryBIOProtocol.loseConnection(self)
         if self._unsent:  # no close_notify yet (TLS still busy): send it now
-            self._flushSendBIO()
+            if self.connected:
+                self._flushSendBIO()
+            else:  # lost meanwhile: nowhere to send it
+                self._unsent = b""
 
     def _flushSendBIO(self) -> None:
         try:

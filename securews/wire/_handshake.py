@@ -20,15 +20,9 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IHandshakeListener,
-    ITCPTransport,
-)
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from securews.auth.interfaces import HandshakeRequest, Principal
 from securews.ops.logs import WireLogger, log_handshake
@@ -55,7 +49,7 @@ from securews.rules.responses import render_refusal
 from securews.wire._autobahn import release_handshake_state
 from securews.wire.backpressure import limit_send_buffer
 from securews.wire.proxy import proxy_header
-from securews.wire.tls import peer_certificates_current, peer_subject
+from securews.wire.tls import peer_subject
 
 __all__ = ["HandshakeProtocol", "peer_host"]
 
@@ -77,7 +71,6 @@ class _Denied(ConnectionDeny):
         self.refusal = refusal
 
 
-@implementer(IHandshakeListener)
 class HandshakeProtocol(WebSocketServerProtocol):
     """The handshake, the ticket endpoint and connection bookkeeping."""
 
@@ -99,7 +92,6 @@ class HandshakeProtocol(WebSocketServerProtocol):
     _pending_denial: Refusal | None = None
     _denied_method: str | None = None
     _dropped = False
-    _stale_certificate = False
     _answered = False
     _request_whole = False
     _summarised = False
@@ -196,21 +188,6 @@ class HandshakeProtocol(WebSocketServerProtocol):
             self._admission.start()
         if not self._dropped:
             limit_send_buffer(self._transport, config.limits.send_buffer)
-
-    def handshakeCompleted(self) -> None:
-        """
-        TLS is up (Twisted calls this before any data is decrypted).  With
-        mutual TLS, a client certificate outside its validity period ends
-        the connection here, counted as a TLS failure: only a resumed
-        session can carry one, OpenSSL having checked the dates of every
-        certificate it verified (see
-        :func:`~securews.wire.tls.peer_certificates_current`).
-        """
-        policy = self.policy
-        if policy.config.tls.client_ca and not peer_certificates_current(
-                self.transport, policy.clock.seconds()):
-            self._stale_certificate = True
-            self._transport.abortConnection()
 
     # -- what admission asks of the connection ------------------------------
 
@@ -446,13 +423,11 @@ class HandshakeProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_handshake_timer()
         policy = self.policy
-        if ((self._stale_certificate or reason.check(SSL.Error))
-                and not self._head_read):
+        if reason.check(SSL.Error) and not self._head_read:
             # OpenSSL failed before a whole request head was decrypted: a
             # TLS handshake failure (no shared suite or version, a client
-            # that rejects the certificate, plain HTTP on the TLS port, a
-            # resumed session whose client certificate has expired, ...) or
-            # a corrupt record in the middle of the head.  The client's
+            # that rejects the certificate, plain HTTP on the TLS port, ...)
+            # or a corrupt record in the middle of the head.  The client's
             # doing: counted and summarised, never an error.
             if not self._received:  # nothing decrypted: the handshake
                 policy.metrics.tls_failure()

@@ -2,16 +2,18 @@
 securews's own TLS context: settings in, an OpenSSL connection creator out.
 
 securews never takes an ``ssl:`` endpoint string: those accept whatever
-protocol versions and suites the platform defaults allow.  This module
-builds one pyOpenSSL context with the Mozilla "intermediate" profile made
-stricter: TLS 1.2 or newer, forward-secret AEAD suites only (an operator's
-``ciphers`` string is checked against that rule, not trusted), no TLS
-compression, no renegotiation, server cipher preference, no stateless
-session tickets (their key would live as long as the process, undoing
-forward secrecy: a client resumes from the server's session cache
-instead), ECDH groups X25519, P-256 and P-384, ALPN ``http/1.1``, and the
-full certificate chain.  OpenSSL frees a connection's read and write
-buffers while they are empty (``SSL_MODE_RELEASE_BUFFERS``, as Twisted's
+protocol versions and suites the platform defaults allow. This module
+builds one pyOpenSSL context with the Mozilla "intermediate" profile
+made stricter: TLS 1.2 or newer, forward-secret AEAD suites only (an
+operator's ``ciphers`` string is checked against that rule, not
+trusted), no TLS compression, no renegotiation, server cipher
+preference, no stateless session tickets (their key would live as long
+as the process, undoing forward secrecy: a client resumes from the
+server's session cache instead, except under mutual TLS, where every
+connection is a full handshake that verifies the client's certificate),
+ECDH groups X25519, P-256 and P-384, ALPN ``http/1.1``, and the full
+certificate chain. OpenSSL frees a connection's read and write buffers
+while they are empty (``SSL_MODE_RELEASE_BUFFERS``, as Twisted's
 ``CertificateOptions`` does), so an idle connection holds no 34 KiB of
 TLS buffers.
 
@@ -50,7 +52,6 @@ __all__ = [
     "ServerCredentials",
     "ServerTLSContext",
     "load_credentials",
-    "peer_certificates_current",
     "peer_subject",
     "server_context",
 ]
@@ -243,7 +244,13 @@ def _build_context(settings: TLSSettings, creds: ServerCredentials) -> SSL.Conte
     context.check_privatekey()
     context.set_alpn_select_callback(_select_alpn)
     context.set_session_id(b"securews")
-    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    # OpenSSL verifies a client certificate in a full handshake only: a
+    # session resumed later carries the certificate it began with, expired
+    # or taken out of client_ca since, and under TLS 1.3 every resumption
+    # begins a new session.  Under mutual TLS every connection is a full
+    # handshake.
+    context.set_session_cache_mode(
+        SSL.SESS_CACHE_OFF if creds.client_cas else SSL.SESS_CACHE_SERVER)
     if creds.client_cas:
         store = context.get_cert_store()
         assert store is not None
@@ -329,36 +336,3 @@ def peer_subject(connection: object) -> tuple[tuple[str, str], ...] | None:
         for attribute in cert.to_cryptography().subject
     )
 
-
-def peer_certificates_current(connection: object, now: float) -> bool:
-    """
-    Whether every certificate the TLS peer presented (its own and the
-    chain it sent) is within its validity period at ``now``; true for a
-    peer that presented none.
-
-    OpenSSL checks the dates when it verifies a client certificate in a
-    full handshake, but not when the client resumes a session from the
-    server's cache: a session resumed up to its timeout later still
-    carries the certificate it began with, expired or not.  Go's
-    ``crypto/tls`` refuses to resume such a session; securews, which
-    cannot make OpenSSL fall back to a full handshake, drops the
-    connection, as a full handshake with that certificate would have
-    failed.
-
-    :param connection: a TLS transport (anything with ``getHandle()``
-        returning an ``OpenSSL.SSL.Connection``); any other has no
-        certificates.
-    :param now: POSIX seconds.
-    """
-    get_handle = getattr(connection, "getHandle", None)
-    if get_handle is None:
-        return True
-    tls = get_handle()
-    if not isinstance(tls, SSL.Connection):
-        return True
-    leaf = tls.get_peer_certificate(as_cryptography=True)
-    if leaf is None:
-        return True
-    chain = tls.get_peer_cert_chain(as_cryptography=True) or []
-    return all(cert.not_valid_before_utc.timestamp() <= now
-               <= cert.not_valid_after_utc.timestamp() for cert in (leaf, *chain))
