@@ -1,7 +1,7 @@
 """
 securews against its peers: bare Autobahn (two ways) and ``websockets``.
 
-Run (about 8 minutes, a third of it callgrind; ``--quick`` is a smoke
+Run (about 10 minutes, a third of it callgrind; ``--quick`` is a smoke
 check of everything but the instruction counts in about 30 seconds;
 ``--help`` for the knobs)::
 

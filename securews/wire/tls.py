@@ -335,4 +335,3 @@ def peer_subject(connection: object) -> tuple[tuple[str, str], ...] | None:
         (attribute.rfc4514_attribute_name, str(attribute.value))
         for attribute in cert.to_cryptography().subject
     )
-
