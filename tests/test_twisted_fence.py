@@ -390,6 +390,22 @@ def test_twisted_uses_the_aggregator_only_as_securews_provides() -> None:
     assert all(callable(getattr(_twisted._Aggregator, name)) for name in used)
 
 
+async def client_in_thread(port: Any, client: Callable[[], bytes]) -> list[bytes]:
+    """Run a blocking ``client`` in a thread while the reactor serves; stop
+    listening on ``port`` once it is done.  ``[what it returned]``, or
+    ``[]`` if it raised."""
+    result: list[bytes] = []
+    thread = threading.Thread(target=lambda: result.append(client()))
+    thread.start()
+    try:
+        while thread.is_alive():
+            await deferLater(global_reactor, 0.01)
+    finally:
+        await port.stopListening()
+        thread.join(10)
+    return result
+
+
 def close_notify_after(port: int, cafile: str, message: bytes) -> bytes:
     """Send ``message`` and TLS close_notify in one TCP segment; what the
     server sent back before closing."""
@@ -423,16 +439,8 @@ async def test_what_data_before_close_notify_makes_the_server_write_is_sent(
     factory = _twisted.SecureTLSFactory(context, False, Factory.forProtocol(Reply))
     port = await TCP4ServerEndpoint(global_reactor, 0,
                                     interface="127.0.0.1").listen(factory)
-    result: list[bytes] = []
-    thread = threading.Thread(target=lambda: result.append(close_notify_after(
-        port.getHost().port, str(certs.ca_cert), b"hello")))
-    thread.start()
-    try:
-        while thread.is_alive():
-            await deferLater(global_reactor, 0.01)
-    finally:
-        await port.stopListening()
-        thread.join(10)
+    result = await client_in_thread(port, lambda: close_notify_after(
+        port.getHost().port, str(certs.ca_cert), b"hello"))
     assert result == [b"hello"]
 
 
@@ -512,16 +520,8 @@ async def test_the_last_writes_and_close_notify_go_in_one_send(
         context, False, Factory.forProtocol(lambda: LastWords(writes, calls)))
     port = await TCP4ServerEndpoint(global_reactor, 0,
                                     interface="127.0.0.1").listen(factory)
-    result: list[bytes] = []
-    thread = threading.Thread(target=lambda: result.append(until_close_notify(
-        port.getHost().port, str(certs.ca_cert))))
-    thread.start()
-    try:
-        while thread.is_alive():
-            await deferLater(global_reactor, 0.01)
-    finally:
-        await port.stopListening()
-        thread.join(10)
+    result = await client_in_thread(port, lambda: until_close_notify(
+        port.getHost().port, str(certs.ca_cert)))
     assert result == [b"".join(writes)]
     if sends is not None:
         assert len(calls) == sends, calls

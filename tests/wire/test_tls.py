@@ -673,10 +673,13 @@ class ClientIdentity:
     key: Path
 
 
-def _client_identity(issuer: trustme.CA, directory: Path) -> ClientIdentity:
+def _client_identity(issuer: trustme.CA, directory: Path, *,
+                     not_after: datetime.datetime | None = None) -> ClientIdentity:
     directory.mkdir(parents=True, exist_ok=True)
     leaf = issuer.issue_cert("alice@example.com", common_name="alice",
-                             organization_name="Example Org")
+                             organization_name="Example Org",
+                             not_before=NOW - datetime.timedelta(days=2),
+                             not_after=not_after)
     identity = ClientIdentity(directory / "client.pem", directory / "client-key.pem")
     identity.cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(identity.key))
@@ -743,19 +746,24 @@ async def test_without_client_ca_app_sees_no_client_subject(
     assert message == "None"
 
 
-@pytest.mark.parametrize(("version", "reason"), [
-    (ssl.TLSVersion.TLSv1_2, "SSLV3_ALERT_HANDSHAKE_FAILURE"),
-    (ssl.TLSVersion.TLSv1_3, "TLSV13_ALERT_CERTIFICATE_REQUIRED"),
-], ids=["TLSv1.2", "TLSv1.3"])
+@pytest.mark.parametrize(("version", "presented", "reason"), [
+    (ssl.TLSVersion.TLSv1_2, "none", "SSLV3_ALERT_HANDSHAKE_FAILURE"),
+    (ssl.TLSVersion.TLSv1_3, "none", "TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+    (ssl.TLSVersion.TLSv1_2, "expired", "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
+    (ssl.TLSVersion.TLSv1_3, "expired", "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
+], ids=["TLSv1.2-none", "TLSv1.3-none", "TLSv1.2-expired", "TLSv1.3-expired"])
 @pytest_twisted.ensureDeferred
-async def test_mutual_tls_refuses_client_without_certificate(
+async def test_mutual_tls_refuses_client_without_a_valid_certificate(
         certs: CertFiles, serve: Any, client_ca: tuple[trustme.CA, Path],
-        tmp_path: Path, version: ssl.TLSVersion, reason: str) -> None:
-    """With client_ca set, a client presenting no certificate is refused."""
+        tmp_path: Path, version: ssl.TLSVersion, presented: str, reason: str) -> None:
+    """With client_ca set, a client presenting no certificate, or one of
+    client_ca's past its notAfter, is refused in the handshake."""
     authority, ca_path = client_ca
+    identity = None if presented == "none" else _client_identity(
+        authority, tmp_path / "expired", not_after=NOW - datetime.timedelta(days=1))
     server = await _serve_tls(serve, certs, client_ca=str(ca_path))
     error = await deferToThread(_tls_error, server.port_number,
-                             _mtls_context(certs, None, version=version))
+                             _mtls_context(certs, identity, version=version))
     assert error.reason == reason, error
     # Control: the same client with a certificate from client_ca gets in.
     identity = _client_identity(authority, tmp_path / "alice")
@@ -808,18 +816,6 @@ def _resume(port: int, ctx: ssl.SSLContext,
         return Resumption(reused, data.split(b"\r\n")[0], conn.session)
 
 
-def _issue(issuer: trustme.CA, directory: Path, *,
-           not_after: datetime.datetime | None = None) -> ClientIdentity:
-    directory.mkdir(parents=True, exist_ok=True)
-    leaf = issuer.issue_cert("alice@example.com", common_name="alice",
-                             not_before=NOW - datetime.timedelta(days=2),
-                             not_after=not_after)
-    identity = ClientIdentity(directory / "client.pem", directory / "client-key.pem")
-    identity.cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(identity.key))
-    return identity
-
-
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
                          ids=["TLSv1.2", "TLSv1.3"])
 @pytest_twisted.ensureDeferred
@@ -837,9 +833,9 @@ async def test_under_mutual_tls_every_connection_is_a_full_handshake(
     client resumes.
     """
     authority, ca_path = client_ca
-    old = _issue(authority, tmp_path / "old",
-                 not_after=NOW + datetime.timedelta(hours=1))
-    renewed = _issue(authority, tmp_path / "renewed")
+    old = _client_identity(authority, tmp_path / "old",
+                           not_after=NOW + datetime.timedelta(hours=1))
+    renewed = _client_identity(authority, tmp_path / "renewed")
     mutual = await _serve_tls(serve, certs, client_ca=str(ca_path))
     plain = await _serve_tls(serve, certs)
     for server, resumes in ((mutual, False), (plain, True)):
@@ -849,29 +845,6 @@ async def test_under_mutual_tls_every_connection_is_a_full_handshake(
         ctx.load_cert_chain(str(renewed.cert), str(renewed.key))
         again = await deferToThread(_resume, server.port_number, ctx, first.session)
         assert (again.reused, again.status_line[:9]) == (resumes, b"HTTP/1.1 ")
-
-
-@pytest.mark.parametrize(("version", "reason"), [
-    (ssl.TLSVersion.TLSv1_2, "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
-    (ssl.TLSVersion.TLSv1_3, "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
-], ids=["TLSv1.2", "TLSv1.3"])
-@pytest_twisted.ensureDeferred
-async def test_mutual_tls_refuses_an_expired_client_certificate(
-        certs: CertFiles, serve: Any, client_ca: tuple[trustme.CA, Path],
-        tmp_path: Path, version: ssl.TLSVersion, reason: str) -> None:
-    """A client certificate past its notAfter is refused in the handshake."""
-    authority, ca_path = client_ca
-    expired = _issue(authority, tmp_path / "expired",
-                     not_after=NOW - datetime.timedelta(days=1))
-    server = await _serve_tls(serve, certs, client_ca=str(ca_path))
-    error = await deferToThread(_tls_error, server.port_number,
-                                _mtls_context(certs, expired, version=version))
-    assert error.reason == reason, error
-    # Control: the same CA's current certificate gets in.
-    current = _issue(authority, tmp_path / "current")
-    session = await deferToThread(_session, server.port_number,
-                                  _mtls_context(certs, current, version=version))
-    assert session.status_line.startswith(b"HTTP/1.1 ")
 
 
 @pytest_twisted.ensureDeferred
