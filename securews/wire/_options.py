@@ -15,9 +15,10 @@ together), which securews's logger throws away.  So the protocol's
 others (:data:`FACTORY_OPTIONS`) are not copied either.  Each reads the
 factory's value until a session assigns its own (as Autobahn's
 ``setTrackTimings`` does): ten fewer entries in every connection's
-``__dict__``, which keeps it in the smaller of CPython's two table sizes
-(1.5 KiB instead of 3.3 KiB).  Unlike Autobahn's copies, a later
-``setProtocolOptions`` on the factory reaches open sessions too.
+``__dict__`` (one, ``_option_source``, instead), which keeps it in the
+smaller of CPython's two table sizes (1.5 KiB instead of 3.3 KiB).
+Unlike Autobahn's copies, a later ``setProtocolOptions`` on the factory
+reaches open sessions too.
 """
 
 from __future__ import annotations
@@ -51,23 +52,50 @@ FACTORY_OPTIONS = tuple(name for name in WebSocketServerProtocol.CONFIG_ATTRS
                         if name not in PINNED_OPTIONS)
 
 
-class _FactoryOption:
+class _OwnOptions:
     """
-    Autobahn's option ``name``: the factory's value, until the protocol
-    assigns its own.  A non-data descriptor, so an assignment lands in
-    the instance's ``__dict__`` and wins, as Autobahn's per-protocol
-    settings do.
+    A session's own values of some of :data:`FACTORY_OPTIONS` (Autobahn's
+    ``setTrackTimings`` assigns one), its factory's for the others.
     """
 
-    __slots__ = ("_get",)
+    def __init__(self, factory: object) -> None:
+        self._shared = factory
 
-    def __init__(self, name: str) -> None:
-        self._get = attrgetter(f"factory.{name}")
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+
+class _FactoryFallback:
+    """
+    ``_option_source`` of a protocol its factory did not set it on: the
+    factory (a non-data descriptor, so the instance's own entry wins).
+    """
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None:
             return self
-        return self._get(instance)
+        return instance.factory  # type: ignore[attr-defined]
+
+
+def _factory_option(name: str) -> Any:
+    """
+    Autobahn's option ``name``: the factory's value, until the protocol
+    assigns its own, as Autobahn's per-protocol settings do.
+
+    Autobahn reads several of these for every frame, so the getter is C
+    code reading ``_option_source``: the factory, set on each protocol as
+    it is built (a Python descriptor here cost about 8 % of a message's
+    instructions).  An assignment gives the protocol an
+    :class:`_OwnOptions` of its own.
+    """
+    def assign(protocol: Any, value: Any) -> None:
+        own = protocol._option_source
+        if not isinstance(own, _OwnOptions):
+            own = protocol._option_source = _OwnOptions(own)
+        setattr(own, name, value)
+
+    return property(attrgetter(f"_option_source.{name}"), assign,
+                    doc=f"Autobahn's ``{name}``: the factory's, unless set here.")
 
 
 def _pinned(name: str) -> Any:
@@ -113,5 +141,11 @@ class PinnedOptionsProtocol(WebSocketServerProtocol):
     allowedOriginsPatterns = _pinned("allowedOriginsPatterns")
 
 
+    #: Where the options of :data:`FACTORY_OPTIONS` are read: the factory
+    #: (set on each protocol as its factory builds it), or the protocol's
+    #: own :class:`_OwnOptions` once it sets one.
+    _option_source: Any = _FactoryFallback()
+
+
 for _name in FACTORY_OPTIONS:
-    setattr(PinnedOptionsProtocol, _name, _FactoryOption(_name))
+    setattr(PinnedOptionsProtocol, _name, _factory_option(_name))

@@ -158,6 +158,7 @@ class SecureServerFactory(WebSocketServerFactory):
         PROXY header the client is not known yet: they run once it is read.
         """
         proto: SecureServerProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
+        proto._option_source = self
         if self.config.server.proxy_protocol:
             return proto
         self.policy.accepted()

@@ -442,9 +442,17 @@ def test_every_other_autobahn_option_is_read_from_the_factory(clock: Clock) -> N
     assert proto.autoFragmentSize == 1000
     factory.setProtocolOptions(autoFragmentSize=2000)
     assert proto.autoFragmentSize == 2000
+    other, _ = handshake(factory)
     proto.setTrackTimings(True)
     assert proto.trackTimings is True
     assert factory.trackTimings is False
+    assert other.trackTimings is False
+    factory.setProtocolOptions(autoFragmentSize=3000)  # still the factory's
+    assert proto.autoFragmentSize == other.autoFragmentSize == 3000
+    # A protocol its factory did not build reads the factory all the same.
+    stray = SecureServerProtocol()
+    stray.factory = factory
+    assert stray.autoFragmentSize == 3000
 
 
 # -- a session never outlives its credential ---------------------------------------
