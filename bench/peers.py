@@ -313,8 +313,8 @@ async def reconnect_phase(c: Context) -> tuple[dict[str, Tally], dict[str, float
                          addresses=c.addresses)
              for kind in c.kinds("reconnect")}
     tallies = await c.alternate(loads, c.args.connect_seconds, "reconnections")
-    resumed = {kind: 100 * load.final["resumed"] / max(load.final["count"], 1)
-               for kind, load in loads.items()}
+    resumed = {kind: 100 * load.final.get("resumed", 0)
+               / max(load.final.get("count", 0), 1) for kind, load in loads.items()}
     return tallies, resumed
 
 

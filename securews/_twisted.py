@@ -338,7 +338,7 @@ class SecureTLSTransport(BufferingTLSTransport):
             self._aggregator.flush()
         finally:
             self._held = None
-            self._unsent = b"".join(held)
+            self._unsent += b"".join(held)
         TLSMemoryBIOProtocol.loseConnection(self)
         if self._unsent:  # no close_notify yet (TLS still busy): send it now
             if self.connected:

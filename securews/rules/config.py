@@ -147,6 +147,11 @@ class Config:
                 "terminating proxy listed in server.trusted_proxies",
                 key="tls.enabled",
             )
+        if not self.tls.enabled and self.tls.client_ca:
+            yield ConfigError(
+                "needs TLS (enabled = true): behind a TLS-terminating proxy "
+                "no client certificate reaches securews, so none would be "
+                "required", key="tls.client_ca")
         if self.tls.enabled and not (self.tls.cert and self.tls.key):
             yield ConfigError(
                 "tls.cert and tls.key are required when TLS is enabled",

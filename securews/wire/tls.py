@@ -246,9 +246,10 @@ def _build_context(settings: TLSSettings, creds: ServerCredentials) -> SSL.Conte
     context.set_session_id(b"securews")
     # OpenSSL verifies a client certificate in a full handshake only: a
     # session resumed later carries the certificate it began with, expired
-    # or taken out of client_ca since, and under TLS 1.3 every resumption
-    # begins a new session.  Under mutual TLS every connection is a full
-    # handshake.
+    # since or not, and under TLS 1.3 every resumption begins a new session.
+    # Under mutual TLS every connection is a full handshake: no cache here,
+    # and no stateless tickets (OP_NO_TICKET above), which would resume
+    # without one.
     context.set_session_cache_mode(
         SSL.SESS_CACHE_OFF if creds.client_cas else SSL.SESS_CACHE_SERVER)
     if creds.client_cas:

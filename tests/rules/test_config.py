@@ -113,6 +113,8 @@ def test_settings_are_immutable() -> None:
     ({"tls": {"min_version": "1.1", **TLS_OK}}, "tls.min_version", "'1.2', '1.3'"),
     ({"tls": {}}, "tls.cert", "required"),
     ({"tls": {"enabled": False, **TLS_OK}}, "tls.enabled", "trusted_proxies"),
+    ({"tls": {"enabled": False, "client_ca": "/etc/ca.pem"},
+      "server": {"trusted_proxies": ["10.0.0.1"]}}, "tls.client_ca", "needs TLS"),
     ({"log": {"format": "xml"}}, "log.format", "'text', 'json'"),
     ({"limits": {"max_message_size": -1}}, "limits.max_message_size",
      "greater than 0"),

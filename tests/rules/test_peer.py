@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from securews.rules.peer import (
@@ -391,6 +391,10 @@ _dotted = st.one_of(
 
 
 @given(_dotted)
+@example("\u0661.\u0662.\u0663.\u0664")  # Arabic-Indic digits: \\d would match
+@example("1.2.3.4\n")  # a trailing newline: match() with $ would take it
+@example("01.2.3.4")
+@example("256.1.1.1")
 def test_the_ipv4_shortcut_answers_as_the_parser_does(host: str) -> None:
     """A dotted quad as the socket layer writes it skips the address
     parser; whatever else looks like one (leading zeros, octets over 255,
@@ -402,3 +406,6 @@ def test_the_ipv4_shortcut_answers_as_the_parser_does(host: str) -> None:
     assert _normalised_host(host) == (host if parsed is None else str(parsed))
     for prefix in (0, 64, 128):
         assert network_key(host, prefix) == _network_key.__wrapped__(host, prefix)
+    for prefix in (-1, 129):  # refused, whatever the address
+        with pytest.raises(ValueError, match="between 0 and 128"):
+            network_key(host, prefix)

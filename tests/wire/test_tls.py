@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa, x25519
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from OpenSSL._util import lib as openssl_lib
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from websockets.sync.client import connect
 
@@ -827,10 +829,11 @@ async def test_under_mutual_tls_every_connection_is_a_full_handshake(
     resumed session would carry its certificate past its expiry (under
     TLS 1.3 every resumption begins a new session, so indefinitely), and
     a client that renewed its certificate would keep being offered the
-    old one.  Under mutual TLS no session resumes: a client offering its
-    previous session, now with a renewed certificate, makes a full
-    handshake and is served.  Control: without client_ca the same
-    client resumes.
+    old one.  Under mutual TLS no session resumes: a client that kept its
+    previous session (TLS 1.3: a ticket it offers; TLS 1.2: none, the
+    server names no session) and now presents a renewed certificate
+    makes a full handshake and is served.  Control: without client_ca
+    the same client resumes.
     """
     authority, ca_path = client_ca
     old = _client_identity(authority, tmp_path / "old",
@@ -845,6 +848,49 @@ async def test_under_mutual_tls_every_connection_is_a_full_handshake(
         ctx.load_cert_chain(str(renewed.cert), str(renewed.key))
         again = await deferToThread(_resume, server.port_number, ctx, first.session)
         assert (again.reused, again.status_line[:9]) == (resumes, b"HTTP/1.1 ")
+
+
+def _refusal(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None) -> str:
+    """Connect offering ``session`` and wait for the server's first word:
+    the TLS alert's reason, or ``"served"``."""
+    try:
+        with socket.create_connection((HOST, port), timeout=TIMEOUT) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost",
+                                session=session) as conn:
+            conn.sendall(b"GET /elsewhere HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            return "served" if conn.recv(4096) else "dropped"
+    except ssl.SSLError as e:
+        return str(e.reason)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_certificate_that_expired_since_its_last_connection_is_refused(
+        certs: CertFiles, serve: Any, client_ca: tuple[trustme.CA, Path],
+        tmp_path: Path) -> None:
+    """
+    The case a session cache would let through: a client connects while
+    its certificate is valid, the certificate expires, and the client
+    reconnects offering its session.  It makes a full handshake and is
+    refused, under TLS 1.2 and 1.3.  (Waits three seconds of real time:
+    OpenSSL reads the wall clock.)
+    """
+    authority, ca_path = client_ca
+    expiry = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + \
+        datetime.timedelta(seconds=3)
+    identity = _client_identity(authority, tmp_path / "short", not_after=expiry)
+    server = await _serve_tls(serve, certs, client_ca=str(ca_path))
+    versions = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+    contexts = [_mtls_context(certs, identity, version=v) for v in versions]
+    sessions = []
+    for ctx in contexts:
+        first = await deferToThread(_resume, server.port_number, ctx, None)
+        assert first.status_line[:9] == b"HTTP/1.1 "
+        sessions.append(first.session)
+    wait = expiry.timestamp() + 1.1 - datetime.datetime.now(datetime.UTC).timestamp()
+    await deferLater(reactor, max(0.0, wait), lambda: None)
+    for ctx, session in zip(contexts, sessions, strict=True):
+        refused = await deferToThread(_refusal, server.port_number, ctx, session)
+        assert refused == "SSLV3_ALERT_CERTIFICATE_EXPIRED"
 
 
 @pytest_twisted.ensureDeferred
