@@ -92,7 +92,7 @@ new connections/s and server CPU per connection
     milliseconds per connection, in slices as above.
 reconnections/s and server CPU per reconnection
     The same, except that each loop offers the TLS session of its
-    previous connection, as a browser reconnecting within the hour does:
+    previous connection, as a browser reconnecting within two hours does:
     the server resumes it if it can (securews and ``ab+swTLS`` from
     securews's session cache, ``websockets`` from the ``ssl`` module's
     tickets; Twisted's default ``CertificateOptions`` caches no

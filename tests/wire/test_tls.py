@@ -48,6 +48,10 @@ from tests.support.common import CertFiles, write_cert
 HOST = "127.0.0.1"
 TIMEOUT = 5.0
 NOW = datetime.datetime.now(datetime.UTC)
+#: Run a test once with an ``ssl`` client of each TLS version securews serves.
+EACH_VERSION = pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
+    ids=["TLSv1.2", "TLSv1.3"])
 TLS13_AEAD = frozenset({
     "TLS_AES_128_GCM_SHA256",
     "TLS_AES_256_GCM_SHA384",
@@ -211,8 +215,7 @@ def _pyopenssl_error(port: int, ctx: SSL.Context) -> str:
 # == 1. protocol versions ======================================================
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
-                         ids=["TLSv1.2", "TLSv1.3"])
+@EACH_VERSION
 @pytest_twisted.ensureDeferred
 async def test_server_accepts_tls_1_2_and_1_3_clients(
         certs: CertFiles, serve: Any, version: ssl.TLSVersion) -> None:
@@ -774,8 +777,7 @@ async def test_mutual_tls_refuses_client_without_a_valid_certificate(
     assert session.status_line.startswith(b"HTTP/1.1 ")
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
-                         ids=["TLSv1.2", "TLSv1.3"])
+@EACH_VERSION
 @pytest_twisted.ensureDeferred
 async def test_mutual_tls_refuses_certificate_from_other_ca(
         certs: CertFiles, serve: Any, client_ca: tuple[trustme.CA, Path],
@@ -818,8 +820,7 @@ def _resume(port: int, ctx: ssl.SSLContext,
         return Resumption(reused, data.split(b"\r\n")[0], conn.session)
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
-                         ids=["TLSv1.2", "TLSv1.3"])
+@EACH_VERSION
 @pytest_twisted.ensureDeferred
 async def test_under_mutual_tls_every_connection_is_a_full_handshake(
         certs: CertFiles, serve: Any, client_ca: tuple[trustme.CA, Path],
