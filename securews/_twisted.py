@@ -41,6 +41,15 @@ The names, and why they cannot be avoided:
 ``OpenSSL.SSL.Context._context`` with ``OpenSSL._util.lib``
     pyOpenSSL can set one ECDH curve, not the list (X25519, P-256, P-384):
     ``SSL_CTX_set1_groups_list`` is reached through its FFI binding.
+``OpenSSL.SSL.Connection._into_ssl``, ``_from_ssl``, with ``OpenSSL._util``
+``lib.BIO_get_mem_data`` and ``ffi``
+    pyOpenSSL says that a memory BIO is empty only by raising
+    ``WantReadError``, and Twisted asks it so twice per message: one more
+    ``recv`` after the last record of a read, and a ``bio_read`` of the
+    outgoing BIO after every read, when the reply is not written yet.
+    Raising, catching and unwinding it cost about 1.7 µs each, a tenth of
+    the server's CPU per small message; :class:`SecureTLSTransport` reads
+    how many bytes each BIO holds instead.
 ``TCP4ServerEndpoint._interface`` / ``TCP6ServerEndpoint._interface``
 (and ``_port``)
     Which interface an admin endpoint string binds, exactly as Twisted
@@ -111,6 +120,10 @@ NAMES: tuple[tuple[type[Any] | object, str, str], ...] = (
     (tcp.Connection, "_aborting", "send at once"),
     (SSL.Context, "_context", "set the ECDH groups"),
     (openssl_util, "lib", "set the ECDH groups"),
+    (SSL.Connection, "_into_ssl", "see that a TLS memory BIO is empty"),
+    (SSL.Connection, "_from_ssl", "see that a TLS memory BIO is empty"),
+    (openssl_util, "ffi", "see that a TLS memory BIO is empty"),
+    (openssl_util.lib, "BIO_get_mem_data", "see that a TLS memory BIO is empty"),
     (TCP4ServerEndpoint, "_interface", "check the admin interface"),
     (TCP4ServerEndpoint, "_port", "check a listen address can be bound"),
     (HTTPConnectionPool, "_factory", "quiet HTTP client connections"),
@@ -295,6 +308,11 @@ def send_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+def _holds(bio: Any) -> int:
+    """How many bytes a TLS connection's memory BIO holds."""
+    return int(openssl_util.lib.BIO_get_mem_data(bio, openssl_util.ffi.NULL))
+
+
 class SecureTLSTransport(BufferingTLSTransport):
     """
     Twisted's TLS transport, delivering every record a socket read made
@@ -347,10 +365,8 @@ class SecureTLSTransport(BufferingTLSTransport):
                 self._unsent = b""
 
     def _flushSendBIO(self) -> None:
-        try:
-            data = self._tlsConnection.bio_read(2**15)
-        except SSL.WantReadError:
-            data = b""
+        tls = self._tlsConnection
+        data = tls.bio_read(2**15) if _holds(tls._from_ssl) else b""
         held = self._held
         if held is not None:
             if data:
@@ -362,12 +378,13 @@ class SecureTLSTransport(BufferingTLSTransport):
             send_now(self.transport, data)
 
     def _flushReceiveBIO(self) -> None:
+        tls = self._tlsConnection
         chunks: list[bytes] = []
         ended: Failure | None = None
         shutdown = False
         while not self._lostTLSConnection:
             try:
-                chunk = self._tlsConnection.recv(2**15)
+                chunk = tls.recv(2**15)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -377,6 +394,12 @@ class SecureTLSTransport(BufferingTLSTransport):
                 ended = Failure()
                 break
             chunks.append(chunk)
+            # Without read-ahead (which pyOpenSSL cannot turn on) OpenSSL
+            # takes one record at a time from the BIO: when the BIO is empty
+            # and no decrypted byte is left, recv could only raise
+            # WantReadError.
+            if not (_holds(tls._into_ssl) or tls.pending()):
+                break
         if chunks and not self._aborted:
             data = b"".join(chunks)
             counter = getattr(self.wrappedProtocol, "tlsRecordsReceived", None)

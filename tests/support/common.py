@@ -15,7 +15,13 @@ import attrs
 import pytest
 import trustme
 
-__all__ = ["CertFiles", "unavailable", "websocket_client_tls", "write_cert"]
+__all__ = ["EACH_VERSION", "CertFiles", "unavailable", "websocket_client_tls",
+           "write_cert"]
+
+#: Run a test once with a TLS 1.2 client and once with a TLS 1.3 one.
+EACH_VERSION = pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
+    ids=["TLSv1.2", "TLSv1.3"])
 
 
 def unavailable(reason: str) -> NoReturn:

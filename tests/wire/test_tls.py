@@ -43,15 +43,12 @@ from securews.testing import make_config
 from securews.wire.factory import SecureServerFactory
 from securews.wire.protocol import SecureServerProtocol
 from securews.wire.tls import DEFAULT_CIPHERS, ServerTLSContext, server_context
-from tests.support.common import CertFiles, write_cert
+from tests.support.common import EACH_VERSION, CertFiles, write_cert
 
 HOST = "127.0.0.1"
 TIMEOUT = 5.0
 NOW = datetime.datetime.now(datetime.UTC)
 #: Run a test once with an ``ssl`` client of each TLS version securews serves.
-EACH_VERSION = pytest.mark.parametrize(
-    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
-    ids=["TLSv1.2", "TLSv1.3"])
 TLS13_AEAD = frozenset({
     "TLS_AES_128_GCM_SHA256",
     "TLS_AES_256_GCM_SHA384",
