@@ -43,13 +43,16 @@ The names, and why they cannot be avoided:
     ``SSL_CTX_set1_groups_list`` is reached through its FFI binding.
 ``OpenSSL.SSL.Connection._into_ssl``, ``_from_ssl``, with ``OpenSSL._util``
 ``lib.BIO_get_mem_data`` and ``ffi``
-    pyOpenSSL says that a memory BIO is empty only by raising
-    ``WantReadError``, and Twisted asks it so twice per message: one more
-    ``recv`` after the last record of a read, and a ``bio_read`` of the
-    outgoing BIO after every read, when the reply is not written yet.
-    Raising, catching and unwinding it cost about 1.7 µs each, a tenth of
-    the server's CPU per small message; :class:`SecureTLSTransport` reads
-    how many bytes each BIO holds instead.
+    pyOpenSSL tells that a memory BIO is empty only by raising
+    ``WantReadError``, and Twisted's transport runs into it twice per
+    small message: one more ``recv`` after the last record of a read, and
+    a ``bio_read`` of the outgoing BIO after every read, before the reply
+    is written.  Raising and catching it costs about 1.7 µs each, a tenth
+    of the server's CPU per small message; :class:`SecureTLSTransport`
+    asks how many bytes each BIO holds instead, and so also sends all of
+    them at once (Twisted sends at most 32 KiB per flush, and the rest of
+    a larger handshake flight only when the client next sends something,
+    which it never does: twisted/twisted#5095).
 ``TCP4ServerEndpoint._interface`` / ``TCP6ServerEndpoint._interface``
 (and ``_port``)
     Which interface an admin endpoint string binds, exactly as Twisted
@@ -123,7 +126,8 @@ NAMES: tuple[tuple[type[Any] | object, str, str], ...] = (
     (SSL.Connection, "_into_ssl", "see that a TLS memory BIO is empty"),
     (SSL.Connection, "_from_ssl", "see that a TLS memory BIO is empty"),
     (openssl_util, "ffi", "see that a TLS memory BIO is empty"),
-    (openssl_util.lib, "BIO_get_mem_data", "see that a TLS memory BIO is empty"),
+    (getattr(openssl_util, "lib", None), "BIO_get_mem_data",
+     "see that a TLS memory BIO is empty"),
     (TCP4ServerEndpoint, "_interface", "check the admin interface"),
     (TCP4ServerEndpoint, "_port", "check a listen address can be bound"),
     (HTTPConnectionPool, "_factory", "quiet HTTP client connections"),
@@ -366,7 +370,8 @@ class SecureTLSTransport(BufferingTLSTransport):
 
     def _flushSendBIO(self) -> None:
         tls = self._tlsConnection
-        data = tls.bio_read(2**15) if _holds(tls._from_ssl) else b""
+        waiting = _holds(tls._from_ssl)
+        data = tls.bio_read(waiting) if waiting else b""
         held = self._held
         if held is not None:
             if data:
@@ -397,7 +402,8 @@ class SecureTLSTransport(BufferingTLSTransport):
             # Without read-ahead (which pyOpenSSL cannot turn on) OpenSSL
             # takes one record at a time from the BIO: when the BIO is empty
             # and no decrypted byte is left, recv could only raise
-            # WantReadError.
+            # WantReadError.  (A record's plaintext, at most 16 KiB, always
+            # fits in one recv: pending() is a safeguard.)
             if not (_holds(tls._into_ssl) or tls.pending()):
                 break
         if chunks and not self._aborted:

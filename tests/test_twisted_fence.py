@@ -12,6 +12,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from twisted.internet.task import deferLater
 from securews import _twisted
 from securews.rules.settings import TLSSettings
 from securews.wire.tls import server_context
-from tests.support.common import EACH_VERSION, CertFiles
+from tests.support.common import EACH_VERSION, CertFiles, write_cert
 from tests.support.paths import REPO
 
 
@@ -557,12 +558,14 @@ class MemoryPair:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.client = client_context.wrap_bio(self.incoming, self.outgoing,
                                               server_hostname="localhost")
-        while True:
+        for _ in range(10):
             try:
                 self.client.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 self.exchange()
+        else:
+            pytest.fail("the TLS handshake did not complete")
         self.exchange()  # the client's last flight, the server's tickets
 
     def exchange(self) -> None:
@@ -626,6 +629,24 @@ def test_a_read_of_whole_records_asks_openssl_nothing_more(
     assert pair.deliveries[1:] == [b"four", b"five"]
     assert (received.calls, received.empty, sent.calls) == (6, 1, 0)
     assert pair.wire.value() == b""
+
+
+@EACH_VERSION
+def test_a_handshake_flight_over_32_kib_goes_out_whole(
+    certs: CertFiles, tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """
+    A certificate of 46 KB (700 names): the server's whole first flight
+    leaves at once.  Twisted's transport sends 32 KiB per flush and the
+    rest only when the client next sends something, which it never does
+    before the flight is whole (twisted/twisted#5095).
+    """
+    names = [f"host-{i:03d}.an-example-long-domain-name.example" for i in range(700)]
+    big = write_cert(certs.ca, tmp_path, "localhost", *names)
+    assert big.cert.stat().st_size > 40_000
+    pair = MemoryPair(big, version)
+    pair.server.dataReceived(pair.records(b"hello"))
+    assert pair.deliveries == [b"hello"]
 
 
 @EACH_VERSION
