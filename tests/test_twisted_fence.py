@@ -665,3 +665,48 @@ def test_what_tls_writes_while_reading_is_sent(
     assert (sent.calls, sent.empty) == (1, 0)
     pair.incoming.write(pair.wire.value())
     pair.client.unwrap()  # raises unless the server's close_notify came
+
+
+def test_twisteds_make_connection_is_the_one_copied() -> None:
+    """
+    :meth:`SecureTLSTransport.makeConnection` does Twisted's steps itself
+    only while the installed Twisted's method is the one it copied; this
+    fails when an upgrade changes it, so that the copy is reviewed (the
+    server meanwhile runs Twisted's own method, below).
+    """
+    assert _twisted.COPIED_MAKE_CONNECTION
+
+
+@pytest.mark.parametrize("copied", [True, False], ids=["copied", "twisted's"])
+def test_the_tls_transport_provides_the_tcp_transports_interfaces(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch, copied: bool
+) -> None:
+    """
+    The TLS transport declares every interface of the transport beneath,
+    as Twisted's does, with two ``directlyProvides`` calls instead of one
+    per interface and then one for all; with a Twisted whose method
+    changed, Twisted's own runs, and the connection works either way.
+    """
+    from twisted.protocols import policies, tls
+    from zope.interface import providedBy
+
+    monkeypatch.setattr(_twisted, "COPIED_MAKE_CONNECTION", copied)
+    calls: list[str] = []
+    for module in (tls, policies, _twisted):
+        original = module.directlyProvides  # type: ignore[attr-defined]
+
+        def spy(obj: object, *interfaces: Any, _name: str = module.__name__,
+                _original: Any = original) -> None:
+            calls.append(_name)
+            _original(obj, *interfaces)
+
+        monkeypatch.setattr(module, "directlyProvides", spy)
+    pair = MemoryPair(certs, ssl.TLSVersion.TLSv1_3)
+    beneath = list(providedBy(pair.wire))
+    assert len(beneath) > 2
+    assert set(beneath) <= set(providedBy(pair.server))
+    twisteds_loop = calls.count("twisted.protocols.tls")
+    assert (twisteds_loop, len(calls)) == ((0, 2) if copied
+                                           else (len(beneath), len(beneath) + 1))
+    pair.server.dataReceived(pair.records(b"hello"))
+    assert pair.deliveries == [b"hello"]
