@@ -336,12 +336,14 @@ _MAKE_CONNECTION_NAMES = (
     ("self", "transport", "interface"),
 )
 
-#: Whether the installed Twisted's ``makeConnection`` is the one copied.  A
-#: Twisted that changed it gets its own method, so a step it added is never
-#: skipped; only the saving is lost (a test says so on the versions CI runs).
+#: Whether the installed Twisted's ``makeConnection`` is the one copied, and
+#: ``BufferingTLSTransport`` does not override it.  Any other Twisted gets
+#: its own method, so a step it added is never skipped; only the saving is
+#: lost (a test says so on the versions CI runs).
 COPIED_MAKE_CONNECTION = (
-    (TLSMemoryBIOProtocol.makeConnection.__code__.co_names,
-     TLSMemoryBIOProtocol.makeConnection.__code__.co_varnames)
+    BufferingTLSTransport.makeConnection is TLSMemoryBIOProtocol.makeConnection
+    and (TLSMemoryBIOProtocol.makeConnection.__code__.co_names,
+         TLSMemoryBIOProtocol.makeConnection.__code__.co_varnames)
     == _MAKE_CONNECTION_NAMES)
 
 
