@@ -23,6 +23,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.protocols.policies import ProtocolWrapper
+from zope.interface import directlyProvides, providedBy
 
 from securews import _twisted
 from securews.rules.settings import TLSSettings
@@ -677,6 +679,58 @@ def test_twisteds_make_connection_is_the_one_copied() -> None:
     assert _twisted.COPIED_MAKE_CONNECTION
 
 
+def _reworded(self: Any, transport: Any) -> None:
+    """Twisted's method with other comments and layout: the same code."""
+    self._tlsConnection = self.factory._creatorCallable(self)
+    self._appSendBuffer = []
+    for interface in providedBy(transport):  # one at a time
+        directlyProvides(self, interface)
+    Protocol.makeConnection(self, transport)
+    self.factory.registerProtocol(self)
+    if self._connectWrapped:
+        ProtocolWrapper.makeConnection(self, transport)
+    self._checkHandshakeStatus()
+
+
+def _moved(self: Any, transport: Any) -> None:
+    self._tlsConnection = self.factory._creatorCallable(self)
+    self._appSendBuffer = []
+    for interface in providedBy(transport):
+        directlyProvides(self, interface)
+    Protocol.makeConnection(self, transport)
+    self.factory.registerProtocol(self)
+    if self._connectWrapped:
+        ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
+
+
+def _added(self: Any, transport: Any) -> None:
+    self._tlsConnection = self.factory._creatorCallable(self)
+    self._appSendBuffer = []
+    for interface in providedBy(transport):
+        directlyProvides(self, interface)
+    Protocol.makeConnection(self, transport)
+    self.factory.registerProtocol(self)
+    if self._connectWrapped:
+        ProtocolWrapper.makeConnection(self, transport)
+    self._checkHandshakeStatus()
+    self.factory.registerProtocol(self)
+
+
+@pytest.mark.parametrize(("method", "copied"), [
+    (_reworded, True), (_moved, False), (_added, False)],
+    ids=["reworded", "a-step-moved", "a-step-added"])
+def test_a_changed_make_connection_is_not_taken_for_the_copy(
+    monkeypatch: pytest.MonkeyPatch, method: Callable[[Any, Any], None], copied: bool
+) -> None:
+    """Comments and layout may change; a statement moved or added, even
+    one made of the same names, makes securews use Twisted's method."""
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    monkeypatch.setattr(TLSMemoryBIOProtocol, "makeConnection", method)
+    assert _twisted._is_copied() is copied
+
+
 @pytest.mark.parametrize("copied", [True, False], ids=["copied", "twisted's"])
 def test_the_tls_transport_provides_the_tcp_transports_interfaces(
     certs: CertFiles, monkeypatch: pytest.MonkeyPatch, copied: bool
@@ -710,3 +764,60 @@ def test_the_tls_transport_provides_the_tcp_transports_interfaces(
                                            else (len(beneath), len(beneath) + 1))
     pair.server.dataReceived(pair.records(b"hello"))
     assert pair.deliveries == [b"hello"]
+
+
+@pytest.mark.parametrize("connect_wrapped", [True, False],
+                         ids=["connected", "deferred"])
+def test_the_copy_takes_twisteds_steps_in_twisteds_order(
+    certs: CertFiles, monkeypatch: pytest.MonkeyPatch, connect_wrapped: bool
+) -> None:
+    """
+    The same steps in the same order as Twisted's method, the handshake
+    started last; a transport that does not connect its protocol at once
+    gets Twisted's method itself.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols import tls
+
+    context = server_context(TLSSettings(cert=str(certs.cert), key=str(certs.key)))
+    steps: list[str] = []
+
+    class Wrapped(Protocol):
+        def connectionMade(self) -> None:
+            steps.append("wrapped connected")
+
+    def spy(owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            steps.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, step)
+
+    spy(_twisted.SecureTLSFactory, "registerProtocol")
+    spy(_twisted.SecureTLSTransport, "_checkHandshakeStatus")
+    spy(tls, "directlyProvides")
+    spy(_twisted, "directlyProvides")
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    runs = []
+    for copied in (True, False):
+        monkeypatch.setattr(_twisted, "COPIED_MAKE_CONNECTION", copied)
+        factory = _twisted.SecureTLSFactory(context, False,
+                                            Factory.forProtocol(Wrapped))
+        spy(factory, "_creatorCallable")
+        del steps[:]
+        transport = _twisted.SecureTLSTransport(factory, Wrapped(), connect_wrapped)
+        transport.makeConnection(StringTransport(peerAddress=address))
+        runs.append([s for s in steps if s != "directlyProvides"])
+        provides = steps.count("directlyProvides")
+        if copied and connect_wrapped:
+            assert provides == 1  # ProtocolWrapper's own call is not spied on
+        else:
+            assert provides == len(list(providedBy(StringTransport())))
+    assert runs[0] == runs[1]
+    assert runs[0] == ["_creatorCallable", "registerProtocol",
+                       *(["registerProtocol", "wrapped connected"] if connect_wrapped
+                         else []),
+                       "_checkHandshakeStatus"]
