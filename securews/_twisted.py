@@ -345,15 +345,17 @@ def makeConnection(self, transport):
 """
 
 
-def _syntax(source: str) -> str:
+def _syntax(source: str) -> str | None:
     """
     A method's syntax tree as text, without its name, docstring and
     annotations: the same for the same code whatever its comments, layout,
-    indentation or type hints.
+    indentation or type hints.  ``None`` unless ``source`` is one plain
+    function.
     """
     tree = ast.parse(textwrap.dedent(source))
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+        return None
     function = tree.body[0]
-    assert isinstance(function, ast.FunctionDef)
     if ast.get_docstring(function, clean=False) is not None:
         function.body = function.body[1:]
     function.name, function.returns = "", None
@@ -370,16 +372,17 @@ def _is_copied() -> bool:
     ``BufferingTLSTransport`` does not override it.
     """
     method = TLSMemoryBIOProtocol.makeConnection
-    names = method.__globals__
+    names = getattr(method, "__globals__", {})
     if (BufferingTLSTransport.makeConnection is not method
             or [names.get(name) for name in ("Protocol", "ProtocolWrapper",
                                              "directlyProvides", "providedBy")]
             != [Protocol, ProtocolWrapper, directlyProvides, providedBy]):
         return False
     try:
-        return _syntax(inspect.getsource(method)) == _syntax(_TWISTEDS_MAKE_CONNECTION)
-    except (OSError, TypeError, SyntaxError):
+        installed = _syntax(inspect.getsource(method))
+    except Exception:  # no source to read: Twisted's method is used, safely
         return False
+    return installed is not None and installed == _syntax(_TWISTEDS_MAKE_CONNECTION)
 
 
 #: Whether :meth:`SecureTLSTransport.makeConnection` may use its copy.  Any
@@ -431,8 +434,7 @@ class SecureTLSTransport(BufferingTLSTransport):
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
-        if self._connectWrapped:
-            ProtocolWrapper.makeConnection(self, transport)
+        ProtocolWrapper.makeConnection(self, transport)
         self._checkHandshakeStatus()  # type: ignore[no-untyped-call]
 
     #: While :meth:`loseConnection` gathers: the records read from the

@@ -717,9 +717,17 @@ def _added(self: Any, transport: Any) -> None:
     self.factory.registerProtocol(self)
 
 
+def _no_source(self: Any, transport: Any) -> None:
+    pass
+
+
+_no_source.__code__ = _no_source.__code__.replace(co_firstlineno=10**6)
+
+
 @pytest.mark.parametrize(("method", "copied"), [
-    (_reworded, True), (_moved, False), (_added, False)],
-    ids=["reworded", "a-step-moved", "a-step-added"])
+    (_reworded, True), (_moved, False), (_added, False),
+    (lambda self, transport: None, False), (_no_source, False)],
+    ids=["reworded", "a-step-moved", "a-step-added", "a-lambda", "no-source"])
 def test_a_changed_make_connection_is_not_taken_for_the_copy(
     monkeypatch: pytest.MonkeyPatch, method: Callable[[Any, Any], None], copied: bool
 ) -> None:
